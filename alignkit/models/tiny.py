@@ -62,7 +62,9 @@ def tiny_config(vocab_size: int = 259, **overrides) -> LlamaConfig:
     return LlamaConfig(**params)
 
 
-def tiny_random_llama(seed: int = 0, **config_overrides) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def tiny_random_llama(
+    seed: int = 0, **config_overrides
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """A randomly initialised tiny Llama and its byte-level tokenizer, deterministic in `seed`."""
     tokenizer = tiny_tokenizer()
     config = tiny_config(vocab_size=len(tokenizer), **config_overrides)

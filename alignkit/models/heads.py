@@ -1,0 +1,123 @@
+"""Reward and critic models: a causal LM's backbone with a scalar head on every position.
+
+A reward model reads the head at the last real token of prompt + response (one score per
+sequence); a critic reads it at every response token (one value per state). Both start from
+a language model's weights: the backbone is the LM without its vocabulary projection.
+
+A saved scalar-head model is an ordinary transformers folder for the backbone, plus
+`scalar_head.safetensors` and `scalar_head.json` (its kind and, for reward models, the
+normalisation statistics a trainer chose to store).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
+
+from alignkit.errors import UserError
+from alignkit.models.loading import load_causal_lm
+
+HEAD_WEIGHTS = "scalar_head.safetensors"
+HEAD_CONFIG = "scalar_head.json"
+
+
+class ScalarHeadModel(nn.Module):
+    """Backbone + linear head: `forward` gives one scalar per position, float32, shape [B, T]."""
+
+    def __init__(
+        self, backbone: PreTrainedModel, head: nn.Linear | None = None, kind: str = "reward"
+    ):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        if head is None:
+            # Small init so the first rewards/values are near 0 and do not swamp the KL term.
+            head = nn.Linear(hidden, 1, bias=True)
+            nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden + 1))
+            nn.init.zeros_(head.bias)
+        self.head = head.to(dtype=torch.float32, device=backbone.device)
+        self.kind = kind
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    @classmethod
+    def from_causal_lm(cls, lm: PreTrainedModel, kind: str = "reward") -> ScalarHeadModel:
+        """Wrap the decoder of a loaded causal LM (its vocabulary projection is dropped)."""
+        return cls(lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model, kind=kind)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One scalar per sequence, read at its last attended token (left or right padding)."""
+        values = self(input_ids, attention_mask)
+        return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.backbone.save_pretrained(directory, safe_serialization=True)
+        save_file(
+            {k: v.detach().contiguous() for k, v in self.head.state_dict().items()},
+            directory / HEAD_WEIGHTS,
+        )
+        (directory / HEAD_CONFIG).write_text(
+            json.dumps({"kind": self.kind, "metadata": self.metadata}, indent=2) + "\n"
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, *, dtype: torch.dtype = torch.float32
+    ) -> ScalarHeadModel:
+        directory = Path(directory)
+        if not (directory / HEAD_CONFIG).is_file():
+            raise UserError(
+                f"{directory} holds no scalar-head model (no {HEAD_CONFIG}); train one with `alignkit rm`"
+            )
+        info = json.loads((directory / HEAD_CONFIG).read_text())
+        backbone = AutoModel.from_pretrained(directory, dtype=dtype)
+        state = load_file(directory / HEAD_WEIGHTS)
+        head = nn.Linear(backbone.config.hidden_size, 1, bias="bias" in state)
+        head.load_state_dict(state)
+        model = cls(backbone, head, kind=info.get("kind", "reward"))
+        model.metadata = info.get("metadata", {})
+        return model
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1 in each row (works for either padding side)."""
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (positions * attention_mask.long()).argmax(dim=1)
+
+
+def is_scalar_head_folder(name: str) -> bool:
+    return (Path(name).expanduser() / HEAD_CONFIG).is_file()
+
+
+def load_scalar_model(
+    name: str, *, kind: str = "reward", dtype: str = "float32", seed: int = 0
+) -> tuple[ScalarHeadModel, PreTrainedTokenizerBase]:
+    """A reward/critic model: a saved scalar-head folder, or any causal LM with a fresh head."""
+    from alignkit.models.loading import DTYPES, load_tokenizer
+
+    if is_scalar_head_folder(name):
+        model = ScalarHeadModel.from_pretrained(Path(name).expanduser(), dtype=DTYPES[dtype])
+        model.kind = kind
+        return model, load_tokenizer(name)
+    lm, tokenizer = load_causal_lm(name, dtype=dtype, seed=seed)
+    return ScalarHeadModel.from_causal_lm(lm, kind=kind), tokenizer

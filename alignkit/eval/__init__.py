@@ -1,0 +1,1 @@
+"""Evaluation: likelihoods, win rates, KL to the reference, per-group figures."""

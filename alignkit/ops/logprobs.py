@@ -36,7 +36,9 @@ def _row_blocks(batch: int, time: int, chunk_size: int) -> list[tuple[int | slic
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if time >= chunk_size:
-        return [(b, slice(t, t + chunk_size)) for b in range(batch) for t in range(0, time, chunk_size)]
+        return [
+            (b, slice(t, t + chunk_size)) for b in range(batch) for t in range(0, time, chunk_size)
+        ]
     per_block = max(1, chunk_size // max(time, 1))
     return [(slice(b, b + per_block), slice(None)) for b in range(0, batch, per_block)]
 
@@ -134,7 +136,9 @@ def _as_3d(logits: torch.Tensor, name: str) -> tuple[torch.Tensor, bool]:
         return logits, False
     if logits.dim() == 2:
         return logits.unsqueeze(0), True
-    raise ValueError(f"{name} expects logits of shape [B, T, V] or [N, V], got {tuple(logits.shape)}")
+    raise ValueError(
+        f"{name} expects logits of shape [B, T, V] or [N, V], got {tuple(logits.shape)}"
+    )
 
 
 def token_logprobs(

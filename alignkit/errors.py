@@ -13,7 +13,9 @@ class UserError(Exception):
 class DataError(UserError):
     """A problem with one data file, located by file, row (1-based line or record number) and field."""
 
-    def __init__(self, message: str, *, path: str, row: int | None = None, field: str | None = None):
+    def __init__(
+        self, message: str, *, path: str, row: int | None = None, field: str | None = None
+    ):
         self.path = path
         self.row = row
         self.field = field

@@ -3,7 +3,10 @@
 Conversational rows go through the tokenizer's chat template: the prompt is rendered with
 ``add_generation_prompt=True`` and the response is the rest of the full conversation's
 rendering, so ``prompt_ids + response_ids`` is exactly the tokenization of the whole
-conversation. Plain-text rows are ``prompt + response + eos``.
+conversation. If the tokenizer merges characters across the prompt/response seam into one
+token, that token goes to the response (the prompt keeps only the tokens wholly inside it),
+so the concatenation property still holds and no response text is masked out.
+Plain-text rows are ``prompt + response + eos``.
 
 Truncation (``max_length`` total, optional ``max_prompt_length``): the prompt keeps its END
 (its beginning is dropped), first to ``max_prompt_length``; then, if prompt plus response is
@@ -82,8 +85,15 @@ def encode_pair(prompt: Text, response: Text, tokenizer) -> tuple[list[int], lis
         prompt_ids = _encode_text(prompt_text, tokenizer, add_special_tokens=False)
         if full_ids[: len(prompt_ids)] == prompt_ids:
             return prompt_ids, full_ids[len(prompt_ids) :]
-        if tokenizer.is_fast:  # a token spans the boundary: split by character offsets
-            cut = sum(1 for start, _ in full["offset_mapping"] if start < len(prompt_text))
+        if tokenizer.is_fast:
+            # a token spans the boundary (a merge across it): the prompt keeps the tokens
+            # wholly inside it and the straddling token goes to the response, so the
+            # response's first words are never masked out of the loss
+            cut = 0
+            for _, end in full["offset_mapping"]:
+                if end > len(prompt_text):
+                    break
+                cut += 1
             return full_ids[:cut], full_ids[cut:]
     # the template renders the prompt differently inside the full conversation (rare, e.g.
     # templates that drop reasoning): fall back to the two renderings side by side

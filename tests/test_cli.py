@@ -1,0 +1,75 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from alignkit.cli import main
+from alignkit.data import demo_path
+
+BAD_FILES = {
+    "missing field": (
+        '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": "p", "chosen": "a"}\n',
+        "preference",
+    ),
+    "wrong type": ('{"prompt": "p", "chosen": 3, "rejected": "b"}\n', "preference"),
+    "empty response": ('{"prompt": "p", "chosen": "", "rejected": "b"}\n', "preference"),
+    "identical": ('{"prompt": "p", "chosen": "same", "rejected": "same"}\n', "preference"),
+    "does not parse": (
+        '{"prompt": "p", "chosen": "a", "rejected": "b"}\n{"prompt": \n',
+        "preference",
+    ),
+    "unknown format": ('{"question": "p", "answer": "a"}\n', None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_file_gives_one_line_and_exit_2(case, tmp_path, capsys):
+    text, fmt = BAD_FILES[case]
+    path = tmp_path / "bad.jsonl"
+    path.write_text(text)
+    argv = ["data", "check", str(path)] + (["--format", fmt] if fmt else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"alignkit: error: {path}:")
+    assert "\n" not in err and "Traceback" not in err
+
+
+def test_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"prompt": "caf\xe9", "completion": "x"}\n'.encode("latin-1"))
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "UTF-8" in err and err.count("\n") == 1
+
+
+def test_drop_invalid_reports_and_succeeds(tmp_path, capsys):
+    path = tmp_path / "mixed.jsonl"
+    rows = [
+        {"prompt": "p", "chosen": "a", "rejected": "b"},
+        {"prompt": "p", "chosen": "x", "rejected": "x"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert main(["data", "check", str(path), "--drop-invalid"]) == 0
+    out = capsys.readouterr().out
+    assert "dropped" in out.lower()
+
+
+def test_data_check_demo_with_tokenizer(capsys):
+    assert (
+        main(["data", "check", str(demo_path("preference")), "--model", "tiny-random-llama"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "preference" in out and "p90" in out
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "alignkit", "data", "check", "/no/such/file.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("alignkit: error:")
+    assert "Traceback" not in result.stderr

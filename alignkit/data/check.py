@@ -124,7 +124,7 @@ def render_summary(summary: DataSummary, console=None) -> None:
     if summary.drop_reasons:
         console.print("[yellow]first dropped rows:[/yellow]")
         for reason in summary.drop_reasons:
-            console.print(f"  {reason}", markup=False, highlight=False)
+            console.print(f"  {reason}", markup=False, highlight=False, soft_wrap=True)
 
     groups = Table(title="groups", title_justify="left")
     groups.add_column("group")

@@ -83,13 +83,18 @@ Example = Union[PreferenceExample, SFTExample, PromptExample]  # noqa: UP007
 
 
 def detect_format(row: dict[str, Any], *, path: str = "<data>", row_number: int = 1) -> str:
-    """'preference', 'sft' or 'prompt' from one row's keys (those whose value is not None)."""
+    """'preference', 'sft' or 'prompt' from one row's keys (those whose value is not None).
+
+    A row with ``chosen`` or ``rejected`` is preference data, one with ``completion`` or
+    ``messages`` SFT data, one with only ``prompt`` prompt-only data; validation then names
+    any field still missing.
+    """
     keys = {k for k, v in row.items() if v is not None}
-    if "chosen" in keys and "rejected" in keys:
+    if keys & {"chosen", "rejected"}:
         return "preference"
-    if "messages" in keys or ("prompt" in keys and "completion" in keys):
+    if keys & {"messages", "completion"}:
         return "sft"
-    if "prompt" in keys and not keys & {"chosen", "rejected", "completion"}:
+    if "prompt" in keys:
         return "prompt"
     cols = ", ".join(sorted(row)) or "none"
     raise DataError(

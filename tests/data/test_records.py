@@ -366,3 +366,48 @@ def test_train_eval_split_edges():
     assert len(evals) == 1 and len(train) == 2
     with pytest.raises(UserError):
         train_eval_split(records, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("row", "expected"),
+    [
+        ({"prompt": "Q", "chosen": "A"}, "FILE:1: field 'rejected': missing field"),
+        ({"rejected": "B"}, "FILE:1: field 'chosen': missing field"),
+        ({"completion": "A"}, "FILE:1: field 'prompt': missing field"),
+    ],
+)
+def test_auto_detection_reports_the_missing_field(tmp_path, row, expected):
+    assert load_error(tmp_path, [row]) == expected
+
+
+def test_parquet_and_saved_dataset_conversational_rows(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            "prompt": [user("Q?")],
+            "chosen": [assistant("A.")],
+            "rejected": [assistant("No.")],
+            "group": "g",
+            "margin": None,
+        },
+        {
+            "prompt": [user("R?")],
+            "chosen": [assistant("B.")],
+            "rejected": [assistant("Nope.")],
+            "group": None,
+            "margin": 0.5,
+        },
+    ]
+    expected = [
+        PreferenceExample([user("Q?")], [assistant("A.")], [assistant("No.")], group="g"),
+        PreferenceExample([user("R?")], [assistant("B.")], [assistant("Nope.")], margin=0.5),
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    assert load_dataset_records(tmp_path / "d.parquet") == expected
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)}).save_to_disk(
+        str(tmp_path / "ds")
+    )
+    assert load_dataset_records(tmp_path / "ds", split="test") == expected

@@ -1,0 +1,74 @@
+"""Optimizer and learning-rate schedule from a :class:`~alignkit.train.config.TrainConfig`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+from alignkit.train.config import TrainConfig
+
+
+def build_optimizer(
+    model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: TrainConfig
+) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on biases and norm weights (ndim < 2)."""
+    if isinstance(model_or_params, torch.nn.Module):
+        params = [p for p in model_or_params.parameters() if p.requires_grad]
+    else:
+        params = [p for p in model_or_params if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters (every parameter has requires_grad=False)")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return torch.optim.AdamW(
+        groups,
+        lr=cfg.learning_rate,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_epsilon,
+    )
+
+
+def warmup_steps_for(cfg: TrainConfig, total_steps: int) -> int:
+    """``warmup_steps`` if set, else ``ceil(warmup_ratio * total_steps)``."""
+    if cfg.warmup_steps > 0:
+        return cfg.warmup_steps
+    return math.ceil(cfg.warmup_ratio * total_steps)
+
+
+def lr_multiplier(step: int, *, warmup: int, total: int, kind: str) -> float:
+    """The factor on the peak learning rate for the update after ``step`` completed updates.
+
+    Linear warm-up from 1/(warmup+1) to 1 over ``warmup`` updates, then ``kind`` decay:
+    ``cosine`` and ``linear`` reach 0 at ``total``; ``constant`` stays at 1.
+    """
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if kind == "linear":
+        return 1.0 - progress
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"unknown lr_scheduler {kind!r}")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Warm-up then ``cfg.lr_scheduler`` decay over ``total_steps`` optimizer updates.
+
+    Step it once per optimizer update; its state_dict loads with weights_only=True.
+    """
+    warmup = warmup_steps_for(cfg, total_steps)
+    kind = cfg.lr_scheduler
+
+    def fn(step: int) -> float:
+        return lr_multiplier(step, warmup=warmup, total=total_steps, kind=kind)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, fn)

@@ -1,0 +1,147 @@
+"""``RunDirectory``: the files of one run — config.yaml, metrics.jsonl, events.jsonl, TensorBoard.
+
+Only the main process writes: build it with ``is_main=False`` on the others and every method
+is a no-op there, so callers need no ``if is_main`` of their own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from alignkit.config import save_config
+
+METRICS_FILE = "metrics.jsonl"
+EVENTS_FILE = "events.jsonl"
+CONFIG_FILE = "config.yaml"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: tensors and numpy scalars to Python numbers, NaN/Inf to None."""
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a JSON-lines file ([] if it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+
+
+class RunDirectory:
+    """One run's output folder.
+
+    - ``write_config(cfg)``: ``config.yaml`` (the resolved dataclass).
+    - ``log_metrics(step, metrics, epoch=, lr=)``: one line of ``metrics.jsonl``
+      ``{"step", "epoch", **metrics, "lr", "time"}`` and TensorBoard scalars under
+      ``<prefix>/<name>`` (a metric named ``eval_loss`` goes to ``eval/loss``, others ``train/``).
+    - ``log_event(kind, step, message, **fields)``: one line of ``events.jsonl``.
+    - ``time`` is seconds since the run began, continued across resumes (``time_offset``).
+    """
+
+    def __init__(self, path: str | Path, *, is_main: bool = True, tensorboard: bool = True):
+        self.path = Path(path)
+        self.is_main = is_main
+        self.time_offset = 0.0
+        self._start = time.monotonic()
+        self._tb = None
+        if is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+
+                    self._tb = SummaryWriter(log_dir=str(self.path / TENSORBOARD_DIR))
+                except Exception as e:  # tensorboard missing or broken: keep going without it
+                    self.log_event("warning", 0, f"TensorBoard disabled: {e}")
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / EVENTS_FILE
+
+    def elapsed(self) -> float:
+        """Seconds since the run began (including earlier, resumed-from segments)."""
+        return self.time_offset + time.monotonic() - self._start
+
+    def write_config(self, config: Any) -> None:
+        if self.is_main:
+            save_config(config, self.path / CONFIG_FILE)
+
+    def _append(self, path: Path, record: dict[str, Any]) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def log_metrics(
+        self,
+        step: int,
+        metrics: dict[str, Any],
+        *,
+        epoch: float | None = None,
+        lr: float | None = None,
+    ) -> dict[str, Any]:
+        """Append one metrics record and mirror it to TensorBoard; returns the record."""
+        record: dict[str, Any] = {"step": int(step)}
+        if epoch is not None:
+            record["epoch"] = round(float(epoch), 6)
+        record.update({k: _clean(v) for k, v in metrics.items()})
+        if lr is not None:
+            record["lr"] = _clean(lr)
+        record["time"] = round(self.elapsed(), 3)
+        if not self.is_main:
+            return record
+        self._append(self.metrics_path, record)
+        if self._tb is not None:
+            for key, value in record.items():
+                if key in ("step", "time") or not isinstance(value, int | float):
+                    continue
+                tag = f"eval/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+                self._tb.add_scalar(tag, value, int(step))
+            self._tb.flush()
+        return record
+
+    def log_event(self, kind: str, step: int, message: str = "", **fields: Any) -> None:
+        """Append a notable event (``nonfinite_skip``, ``stop``, ``resume``, ``checkpoint``...)."""
+        if not self.is_main:
+            return
+        record = {
+            "step": int(step),
+            "event": kind,
+            "message": message,
+            "time": round(self.elapsed(), 3),
+        }
+        record.update({k: _clean(v) for k, v in fields.items()})
+        self._append(self.events_path, record)
+
+    def truncate_metrics_after(self, step: int) -> None:
+        """Drop metrics records past ``step`` (logged after the checkpoint a resume starts from)."""
+        if not self.is_main or not self.metrics_path.exists():
+            return
+        kept = [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= step]
+        tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.metrics_path)
+
+    def has_run(self) -> bool:
+        """Whether the folder already holds a run's metrics or checkpoints."""
+        return self.metrics_path.exists() or any((self.path / "checkpoints").glob("step-*"))
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -127,9 +127,41 @@ def truncate(
     return keep_prompt, max_length - keep_prompt
 
 
-def _labels(prompt_ids: list[int], response_ids: list[int], train_on_prompt: bool) -> list[int]:
-    head = list(prompt_ids) if train_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
+def _labels(
+    prompt_ids: list[int],
+    response_ids: list[int],
+    train_on_prompt: bool,
+    prompt_trainable: Sequence[bool] | None = None,
+) -> list[int]:
+    if train_on_prompt:
+        head = list(prompt_ids)
+    elif prompt_trainable is not None:
+        head = [
+            t if keep else IGNORE_INDEX
+            for t, keep in zip(prompt_ids, prompt_trainable, strict=True)
+        ]
+    else:
+        head = [IGNORE_INDEX] * len(prompt_ids)
     return head + list(response_ids)
+
+
+def _assistant_mask(prompt: Text, prompt_ids: list[int], tokenizer) -> list[bool] | None:
+    """True on the tokens of the earlier assistant turns inside a conversational prompt.
+
+    Each turn is located by rendering the conversation up to it; a turn whose rendering is
+    not a token prefix of the whole prompt (unusual templates) stays masked.
+    """
+    if isinstance(prompt, str):
+        return None
+    mask = [False] * len(prompt_ids)
+    for i, msg in enumerate(prompt):
+        if msg["role"] != "assistant" or i == 0:
+            continue
+        before, turn = encode_pair(prompt[:i], [msg], tokenizer)
+        end = len(before) + len(turn)
+        if prompt_ids[:end] == before + turn:
+            mask[len(before) : end] = [True] * len(turn)
+    return mask
 
 
 # ----------------------------------------------------------------------------- tokenize_*
@@ -178,19 +210,24 @@ def tokenize_sft(
     max_prompt_length: int | None = None,
     *,
     train_on_prompt: bool = False,
+    all_assistant_turns: bool = False,
 ) -> dict[str, Any]:
     """Keys: input_ids, labels, prompt_length, group.
 
-    For ``messages`` rows the loss is on the final assistant message (earlier assistant
-    turns are part of the prompt; ``train_on_prompt=True`` trains on everything).
+    For ``messages`` rows the loss is on the final assistant message; earlier assistant
+    turns are part of the prompt and masked unless ``all_assistant_turns`` (loss on every
+    assistant turn) or ``train_on_prompt`` (loss on everything).
     """
     prompt_ids, response = encode_pair(example.prompt, example.completion, tokenizer)
+    mask = _assistant_mask(example.prompt, prompt_ids, tokenizer) if all_assistant_turns else None
     keep, max_resp = truncate(prompt_ids, [len(response)], max_length, max_prompt_length)
     prompt_ids = prompt_ids[len(prompt_ids) - keep :]
+    if mask is not None:
+        mask = mask[len(mask) - keep :]
     response = response[:max_resp]
     return {
         "input_ids": prompt_ids + response,
-        "labels": _labels(prompt_ids, response, train_on_prompt),
+        "labels": _labels(prompt_ids, response, train_on_prompt, mask),
         "prompt_length": len(prompt_ids),
         "group": example.group,
     }
@@ -222,6 +259,7 @@ def tokenize_records(
     max_prompt_length: int | None = None,
     *,
     train_on_prompt: bool = False,
+    all_assistant_turns: bool = False,
 ) -> list[dict[str, Any]]:
     """tokenize_preference / tokenize_sft / tokenize_prompt on each record, by its type."""
     out = []
@@ -235,7 +273,12 @@ def tokenize_records(
         elif isinstance(rec, SFTExample):
             out.append(
                 tokenize_sft(
-                    rec, tokenizer, max_length, max_prompt_length, train_on_prompt=train_on_prompt
+                    rec,
+                    tokenizer,
+                    max_length,
+                    max_prompt_length,
+                    train_on_prompt=train_on_prompt,
+                    all_assistant_turns=all_assistant_turns,
                 )
             )
         else:

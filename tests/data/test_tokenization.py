@@ -298,3 +298,21 @@ def test_token_merged_across_the_seam_goes_to_the_response():
     prompt_ids, response_ids = encode_pair(prompt, response, tokenizer)
     assert prompt_ids + response_ids == whole
     assert "4." in tokenizer.decode(response_ids)
+
+
+@pytest.mark.parametrize("which", ["tok", "tok_system"])
+def test_sft_all_assistant_turns(request, which):
+    tokenizer = request.getfixturevalue(which)
+    msgs = [user("Hi"), assistant("Hello!"), user("2+2?"), assistant("4.")]
+    ex = SFTExample(msgs[:3], msgs[3:])
+
+    def trained_text(out):
+        return tokenizer.decode([t for t in out["labels"] if t != IGNORE_INDEX])
+
+    assert trained_text(tokenize_sft(ex, tokenizer)) == "4.<|im_end|>\n"
+    both = tokenize_sft(ex, tokenizer, all_assistant_turns=True)
+    assert trained_text(both) == "Hello!<|im_end|>\n4.<|im_end|>\n"
+    assert both["input_ids"] == full_ids(tokenizer, msgs)
+    # truncation drops the first turns from the prompt and their mask with them
+    cut = tokenize_sft(ex, tokenizer, max_prompt_length=8, all_assistant_turns=True)
+    assert trained_text(cut) == "4.<|im_end|>\n"

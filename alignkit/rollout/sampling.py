@@ -24,13 +24,14 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     do_sample: bool = True
+    stop_strings: tuple[str, ...] = ()
 
 
 @dataclass
 class Rollout:
     """Prompts (left-padded) and the responses sampled for them, as one batch."""
 
-    prompt_ids: torch.Tensor  # [B, P], left-padded
+    prompt_ids: torch.Tensor  # [B, P], left-padded; with G samples per prompt, rows repeat G times
     prompt_mask: torch.Tensor  # [B, P]
     response_ids: torch.Tensor  # [B, R], right-padded with pad_token_id after EOS
     response_mask: torch.Tensor  # [B, R], 1 up to and including the EOS token
@@ -48,12 +49,29 @@ def left_pad(seqs: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Te
     return ids, mask
 
 
-def response_mask_until_eos(response_ids: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for every token up to and including the first EOS of each row, 0 after it."""
+def response_mask_until_eos(
+    response_ids: torch.Tensor, eos_token_id: int, pad_token_id: int | None = None
+) -> torch.Tensor:
+    """1 for every token up to and including the first EOS of each row, 0 after it.
+
+    When pad differs from EOS, a row that stopped otherwise (a stop string) is padded by
+    `generate`; its trailing pad run is masked out too.
+    """
     is_eos = response_ids == eos_token_id
     # number of EOS tokens strictly before each position
     eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
-    return (eos_before == 0).long()
+    mask = eos_before == 0
+    if pad_token_id is not None and pad_token_id != eos_token_id:
+        not_pad = (response_ids != pad_token_id).long()
+        # positions at or before the last non-pad token of the row
+        before_last = torch.flip(torch.cummax(torch.flip(not_pad, [1]), dim=1).values, [1])
+        mask &= before_last.bool()
+    return mask.long()
+
+
+def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
+    cuts = [text.find(s) for s in stop_strings if s and s in text]
+    return text[: min(cuts)] if cuts else text
 
 
 @torch.no_grad()
@@ -63,24 +81,46 @@ def sample(
     prompts: Sequence[Text],
     config: SamplingConfig | None = None,
     *,
+    num_samples: int = 1,
     seed: int | None = None,
 ) -> Rollout:
-    """Sample one response per prompt (prompts are strings or message lists)."""
+    """Sample `num_samples` responses per prompt (prompts are strings or message lists).
+
+    Rows of the result are grouped by prompt: rows i·G .. i·G+G−1 answer prompt i. With
+    G > 1 the prompts are encoded once: one prefill over the unique prompts fills the KV
+    cache, which is then repeated G times, so the G samples share it instead of each
+    re-reading the prompt.
+    """
     config = config or SamplingConfig()
     encoded = [encode_prompt(p, tokenizer) for p in prompts]
-    prompt_ids, prompt_mask = left_pad(encoded, tokenizer.pad_token_id)
+    unique_ids, unique_mask = left_pad(encoded, tokenizer.pad_token_id)
+    prompt_ids = unique_ids.repeat_interleave(num_samples, dim=0)
+    prompt_mask = unique_mask.repeat_interleave(num_samples, dim=0)
     device = next(model.parameters()).device
-    generator_kwargs = {}
+    generate_kwargs = {}
     if config.do_sample:
-        generator_kwargs = dict(
+        generate_kwargs = dict(
             temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None
         )
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        was_training = model.training
-        model.eval()
-        try:
+    if config.stop_strings:
+        generate_kwargs.update(stop_strings=list(config.stop_strings), tokenizer=tokenizer)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            if num_samples > 1 and unique_ids.shape[1] > 1:
+                # Prefill all but the last prompt token once per unique prompt; generate
+                # then feeds only the uncached last token of each of the G copies.
+                prefill = model(
+                    input_ids=unique_ids[:, :-1].to(device),
+                    attention_mask=unique_mask[:, :-1].to(device),
+                    use_cache=True,
+                )
+                cache = prefill.past_key_values
+                cache.batch_repeat_interleave(num_samples)
+                generate_kwargs["cache"] = cache
             output = model.generate(
                 input_ids=prompt_ids.to(device),
                 attention_mask=prompt_mask.to(device),
@@ -88,12 +128,16 @@ def sample(
                 do_sample=config.do_sample,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,
-                **generator_kwargs,
+                **generate_kwargs,
             )
-        finally:
-            model.train(was_training)
+    finally:
+        model.train(was_training)
     response_ids = output[:, prompt_ids.shape[1] :].cpu()
-    response_mask = response_mask_until_eos(response_ids, tokenizer.eos_token_id)
+    response_mask = response_mask_until_eos(
+        response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
     response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
     texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    if config.stop_strings:
+        texts = [_cut_at_stop(t, config.stop_strings) for t in texts]
     return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts)

@@ -153,6 +153,8 @@ def read_csv(path: str | Path) -> Iterator[Row]:
     """A CSV file with a header line; every value is text, empty cells become None."""
     spath = str(path)
     text = _decode(_read_bytes(path), spath)
+    # long responses exceed csv's default 128 KiB cell limit
+    csv.field_size_limit(max(csv.field_size_limit(), 64 * 1024 * 1024))
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         if not reader.fieldnames:

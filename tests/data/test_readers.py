@@ -144,3 +144,10 @@ def test_csv_too_many_cells(tmp_path):
     path.write_text("prompt,group\na,b\nc,d,e\n")
     with pytest.raises(DataError, match=r"d\.csv:2: more cells than the 2 header columns"):
         list(read_rows(path))
+
+
+def test_csv_long_cell(tmp_path):
+    path = tmp_path / "d.csv"
+    long = "x" * 300_000
+    path.write_text(f"prompt,completion\nq,{long}\n")
+    assert list(read_rows(path)) == [(1, {"prompt": "q", "completion": long})]

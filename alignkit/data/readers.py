@@ -180,7 +180,7 @@ def read_parquet(path: str | Path) -> Iterator[Row]:
     try:
         pfile = pq.ParquetFile(path)
     except Exception as err:  # pyarrow raises several types for a bad file
-        raise DataError(f"not a readable Parquet file: {err}", path=spath) from None
+        raise DataError(f"not a readable Parquet file: {_one_line(err)}", path=spath) from None
     i = 0
     for batch in pfile.iter_batches(batch_size=1024):
         for rec in batch.to_pylist():
@@ -196,7 +196,9 @@ def read_saved_dataset(path: str | Path, *, split: str = "train") -> Iterator[Ro
     try:
         ds = datasets.load_from_disk(spath)
     except Exception as err:
-        raise DataError(f"cannot load the `datasets` folder: {err}", path=spath) from None
+        raise DataError(
+            f"cannot load the `datasets` folder: {_one_line(err)}", path=spath
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DataError(
@@ -206,6 +208,10 @@ def read_saved_dataset(path: str | Path, *, split: str = "train") -> Iterator[Ro
         ds = ds[split]
     for i, rec in enumerate(ds, start=1):
         yield i, _clean_nan(dict(rec))
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
 
 
 def _clean_nan(rec: dict[str, Any]) -> dict[str, Any]:

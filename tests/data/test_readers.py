@@ -151,3 +151,12 @@ def test_csv_long_cell(tmp_path):
     long = "x" * 300_000
     path.write_text(f"prompt,completion\nq,{long}\n")
     assert list(read_rows(path)) == [(1, {"prompt": "q", "completion": long})]
+
+
+def test_corrupt_parquet_is_a_one_line_data_error(tmp_path):
+    path = tmp_path / "d.parquet"
+    path.write_bytes(b"not parquet at all\n\nreally")
+    with pytest.raises(DataError) as err:
+        list(read_rows(path))
+    assert str(err.value).startswith(f"{path}: not a readable Parquet file")
+    assert "\n" not in str(err.value)

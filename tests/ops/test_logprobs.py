@@ -188,3 +188,23 @@ def test_entropy_matches_trl_entropy_from_logits():
     torch.testing.assert_close(
         entropy_from_logits(logits, chunk_size=5), trl_entropy(logits), atol=1e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("fn", ["token_logprobs", "entropy_from_logits"])
+def test_no_full_vocabulary_float32_allocation(fn):
+    # Forward + backward on bf16 logits: no single allocation may reach the size of a float32
+    # [B, T, V] tensor (the naive upcast log_softmax); the largest one is the bf16 gradient.
+    from torch.profiler import ProfilerActivity, profile
+
+    batch, time, vocab = 1, 256, 4096
+    logits = torch.randn(batch, time, vocab).to(torch.bfloat16).requires_grad_()
+    labels = torch.randint(0, vocab, (batch, time))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        if fn == "token_logprobs":
+            out = token_logprobs(logits, labels, chunk_size=32)
+        else:
+            out = entropy_from_logits(logits, chunk_size=32)
+        out.sum().backward()
+    largest = max(e.cpu_memory_usage for e in prof.events())
+    full_float32 = batch * time * vocab * 4
+    assert largest < full_float32 * 0.75, largest

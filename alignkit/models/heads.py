@@ -80,6 +80,16 @@ class ScalarHeadModel(nn.Module):
             json.dumps({"kind": self.kind, "metadata": self.metadata}, indent=2) + "\n"
         )
 
+    def load_weights(self, directory: str | Path) -> None:
+        """Load weights written by :meth:`save_pretrained` into this model, in place."""
+        directory = Path(directory)
+        backbone_state: dict[str, torch.Tensor] = {}
+        for file in sorted(directory.glob("*.safetensors")):
+            if file.name != HEAD_WEIGHTS:
+                backbone_state.update(load_file(file))
+        self.backbone.load_state_dict(backbone_state)
+        self.head.load_state_dict(load_file(directory / HEAD_WEIGHTS))
+
     @classmethod
     def from_pretrained(
         cls, directory: str | Path, *, dtype: torch.dtype = torch.float32

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 
 from alignkit.config import ConfigValueError, option
 from alignkit.data import PreferenceCollator
@@ -22,7 +23,16 @@ from alignkit.models.reference import ReferencePolicy
 from alignkit.models.scoring import labelled_token_logprobs
 from alignkit.ops.logprobs import sequence_logprobs
 from alignkit.ops.losses import dpo_loss, simpo_loss
+from alignkit.train.common import (
+    evaluate_in_batches,
+    export_merged_lora,
+    load_policy,
+    load_train_eval,
+    save_policy_hook,
+    tokenize,
+)
 from alignkit.train.config import TrainConfig
+from alignkit.train.engine import Engine, FitResult
 
 LossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo"]
 # IPO and SimPO compare length-averaged log-probabilities (as their papers and TRL do).
@@ -106,13 +116,13 @@ class ReferenceAwareCollator(PreferenceCollator):
         return batch
 
 
-def dpo_batch_loss(
+def dpo_pair_terms(
     model: nn.Module,
     batch: dict[str, Any],
     cfg: DPOConfig,
     reference: ReferencePolicy | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The DPO-family loss of one batch of pairs and TRL-named metrics."""
+) -> dict[str, torch.Tensor]:
+    """Per pair [B]: the loss, the implicit rewards β·(log π − log π_ref), and log π."""
     average = cfg.loss_type in _AVERAGED
     chosen, rejected = pair_logps(model, batch, average=average)
     if cfg.loss_type == "simpo":
@@ -140,12 +150,96 @@ def dpo_batch_loss(
             loss_type=cfg.loss_type,
             label_smoothing=cfg.label_smoothing,
         )
-    metrics = {
-        "rewards/chosen": chosen_rewards.mean().detach(),
-        "rewards/rejected": rejected_rewards.mean().detach(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().detach(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean().detach(),
-        "logps/chosen": chosen.mean().detach(),
-        "logps/rejected": rejected.mean().detach(),
+    return {
+        "loss": losses,
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "logps/chosen": chosen,
+        "logps/rejected": rejected,
     }
-    return losses.mean(), metrics
+
+
+def dpo_batch_loss(
+    model: nn.Module,
+    batch: dict[str, Any],
+    cfg: DPOConfig,
+    reference: ReferencePolicy | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The DPO-family loss of one batch of pairs and TRL-named metrics."""
+    terms = dpo_pair_terms(model, batch, cfg, reference)
+    return terms["loss"].mean(), {name: v.mean().detach() for name, v in _metrics(terms).items()}
+
+
+def _metrics(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    chosen, rejected = terms["rewards/chosen"], terms["rewards/rejected"]
+    return {
+        "rewards/accuracies": (chosen > rejected).float(),
+        "rewards/margins": chosen - rejected,
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "logps/chosen": terms["logps/chosen"].detach(),
+        "logps/rejected": terms["logps/rejected"].detach(),
+    }
+
+
+class DPOTrainer:
+    """DPO and its variants on a causal LM: `DPOTrainer(DPOConfig(...)).train()`."""
+
+    def __init__(
+        self,
+        config: DPOConfig,
+        model: nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        self.cfg = config
+        if model is None:
+            model, tokenizer = load_policy(config)
+        elif tokenizer is None:
+            raise ValueError("pass the tokenizer together with the model")
+        self.model, self.tokenizer = model, tokenizer
+
+    def train(self) -> FitResult:
+        cfg, tokenizer = self.cfg, self.tokenizer
+        train_records, eval_records = load_train_eval(cfg, "preference")
+        train_features = tokenize(train_records, tokenizer, cfg)
+        eval_features = tokenize(eval_records, tokenizer, cfg)
+        collator = ReferenceAwareCollator(tokenizer.pad_token_id)
+        engine = Engine(cfg, self.model, save_model=save_policy_hook(tokenizer))
+        reference = None
+        if cfg.loss_type != "simpo":
+            reference = ReferencePolicy(engine.unwrapped_model)
+            if cfg.precompute_ref_logps:
+                precompute_reference_logps(
+                    reference,
+                    train_features + eval_features,
+                    collator,
+                    batch_size=cfg.batch_size,
+                    average=cfg.loss_type in _AVERAGED,
+                    device=engine.device,
+                )
+                reference = None  # every batch now carries its reference log-probs
+
+        def loss_fn(model: nn.Module, batch: dict[str, Any]):
+            return dpo_batch_loss(model, batch, cfg, reference)
+
+        def eval_fn(model: nn.Module) -> dict[str, float]:
+            def per_pair(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+                terms = dpo_pair_terms(model, batch, cfg, reference)
+                return _metrics(terms) | {"loss": terms["loss"]}
+
+            return evaluate_in_batches(
+                eval_features, collator, per_pair, batch_size=cfg.batch_size, device=engine.device
+            )
+
+        if eval_features and not cfg.resume:
+            engine.evaluate(eval_fn, epoch=0.0)  # the starting point, logged at step 0
+        result = engine.fit(
+            train_features,
+            collator,
+            loss_fn,
+            eval_fn if eval_features else None,
+            progress_metric="rewards/accuracies",
+        )
+        if cfg.use_lora and engine.is_main and result.model_dir is not None:
+            export_merged_lora(engine.unwrapped_model, tokenizer, result.model_dir)
+        return result

@@ -8,14 +8,21 @@ mean reward near 0 (Eisenstein et al. 2023), so PPO's reward scale does not drif
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
 
 from alignkit.config import option
-from alignkit.models.heads import ScalarHeadModel
+from alignkit.data import PreferenceCollator
+from alignkit.errors import UserError
+from alignkit.models.heads import ScalarHeadModel, load_scalar_model
 from alignkit.ops.losses import bradley_terry_loss, preference_accuracy
+from alignkit.train.common import evaluate_in_batches, load_train_eval, tokenize
 from alignkit.train.config import TrainConfig
+from alignkit.train.engine import Engine, FitResult
 
 
 @dataclass
@@ -29,16 +36,21 @@ class RewardConfig(TrainConfig):
     )
 
 
+def pair_scores(model: ScalarHeadModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """r(x, y_w) and r(x, y_l) from one forward pass over the concatenated batch."""
+    scores = model.score(batch["input_ids"], batch["attention_mask"])
+    half = scores.shape[0] // 2
+    return scores[:half], scores[half:]
+
+
 def reward_batch_loss(
     model: ScalarHeadModel, batch: dict[str, Any], cfg: RewardConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Bradley–Terry loss of one batch of pairs (chosen rows first, then rejected)."""
-    scores = model.score(batch["input_ids"], batch["attention_mask"])
-    half = scores.shape[0] // 2
-    chosen, rejected = scores[:half], scores[half:]
+    chosen, rejected = pair_scores(model, batch)
     margin = None
     if cfg.use_margin and bool(batch["has_margin"].any()):
-        margin = (batch["margin"] * batch["has_margin"]).to(scores.device)
+        margin = (batch["margin"] * batch["has_margin"]).to(chosen.device)
     loss = bradley_terry_loss(chosen, rejected, margin)
     if cfg.center_rewards_coefficient > 0:
         loss = loss + cfg.center_rewards_coefficient * ((chosen + rejected) ** 2).mean()
@@ -49,3 +61,66 @@ def reward_batch_loss(
         "rewards/rejected": rejected.mean().detach(),
     }
     return loss, metrics
+
+
+class RewardTrainer:
+    """Trains a scalar-head reward model: `RewardTrainer(RewardConfig(...)).train()`.
+
+    The model starts from `cfg.model` (a causal LM whose vocabulary projection is replaced by
+    a fresh scalar head, or a reward model folder to continue). The result in
+    `output_dir/model` is what `--reward-model` takes in PPO and GRPO.
+    """
+
+    def __init__(
+        self,
+        config: RewardConfig,
+        model: ScalarHeadModel | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        self.cfg = config
+        if model is None:
+            model, tokenizer = load_scalar_model(config.model, dtype=config.dtype, seed=config.seed)
+        elif tokenizer is None:
+            raise ValueError("pass the tokenizer together with the model")
+        if config.use_lora:
+            raise UserError("use_lora is not supported for reward models yet; train all weights")
+        self.model, self.tokenizer = model, tokenizer
+
+    def train(self) -> FitResult:
+        cfg, tokenizer = self.cfg, self.tokenizer
+        train_records, eval_records = load_train_eval(cfg, "preference")
+        train_features = tokenize(train_records, tokenizer, cfg)
+        eval_features = tokenize(eval_records, tokenizer, cfg)
+        collator = PreferenceCollator(tokenizer.pad_token_id)
+
+        def save(model: ScalarHeadModel, directory: Path) -> None:
+            model.save_pretrained(directory)
+            tokenizer.save_pretrained(directory)
+
+        engine = Engine(cfg, self.model, save_model=save, load_model=lambda m, d: m.load_weights(d))
+
+        def loss_fn(model: ScalarHeadModel, batch: dict[str, Any]):
+            return reward_batch_loss(model, batch, cfg)
+
+        def eval_fn(model: ScalarHeadModel) -> dict[str, float]:
+            def per_pair(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+                chosen, rejected = pair_scores(model, batch)
+                return {
+                    "accuracy": (chosen > rejected).float(),
+                    "margin": chosen - rejected,
+                    "loss": -F.logsigmoid(chosen - rejected),
+                }
+
+            return evaluate_in_batches(
+                eval_features, collator, per_pair, batch_size=cfg.batch_size, device=engine.device
+            )
+
+        if eval_features and not cfg.resume:
+            engine.evaluate(eval_fn, epoch=0.0)
+        return engine.fit(
+            train_features,
+            collator,
+            loss_fn,
+            eval_fn if eval_features else None,
+            progress_metric="accuracy",
+        )

@@ -7,10 +7,22 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from alignkit.config import option
+from alignkit.data import SFTCollator, pack_sequences
+from alignkit.models.scoring import labelled_token_logprobs
 from alignkit.ops.losses import sft_loss
+from alignkit.train.common import (
+    evaluate_in_batches,
+    export_merged_lora,
+    load_policy,
+    load_train_eval,
+    save_policy_hook,
+    tokenize,
+)
 from alignkit.train.config import TrainConfig
+from alignkit.train.engine import Engine, FitResult
 
 
 @dataclass
@@ -34,3 +46,58 @@ def sft_batch_loss(
     loss = sft_loss(logits, labels)
     num_tokens = (labels != -100).sum()
     return loss, {"num_tokens": num_tokens.float()}
+
+
+def example_losses(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """Per-example mean token cross-entropy [B] (for evaluation)."""
+    logps, mask = labelled_token_logprobs(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
+    return -(logps * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class SFTTrainer:
+    """Supervised fine-tuning of a causal LM: `SFTTrainer(SFTConfig(...)).train()`."""
+
+    def __init__(
+        self,
+        config: SFTConfig,
+        model: nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        self.cfg = config
+        if model is None:
+            model, tokenizer = load_policy(config)
+        elif tokenizer is None:
+            raise ValueError("pass the tokenizer together with the model")
+        self.model, self.tokenizer = model, tokenizer
+
+    def train(self) -> FitResult:
+        cfg, tokenizer = self.cfg, self.tokenizer
+        train_records, eval_records = load_train_eval(cfg, "sft")
+        train_features = tokenize(
+            train_records, tokenizer, cfg, train_on_prompt=cfg.train_on_prompt
+        )
+        eval_features = tokenize(eval_records, tokenizer, cfg, train_on_prompt=cfg.train_on_prompt)
+        if cfg.packing:
+            train_features = pack_sequences(train_features, cfg.max_length)
+        collator = SFTCollator(tokenizer.pad_token_id)
+        engine = Engine(cfg, self.model, save_model=save_policy_hook(tokenizer))
+
+        def eval_fn(model: nn.Module) -> dict[str, float]:
+            return evaluate_in_batches(
+                eval_features,
+                collator,
+                lambda batch: {"loss": example_losses(model, batch)},
+                batch_size=cfg.batch_size,
+                device=engine.device,
+            )
+
+        if eval_features and not cfg.resume:
+            engine.evaluate(eval_fn, epoch=0.0)
+        result = engine.fit(
+            train_features, collator, sft_batch_loss, eval_fn if eval_features else None
+        )
+        if cfg.use_lora and engine.is_main and result.model_dir is not None:
+            export_merged_lora(engine.unwrapped_model, tokenizer, result.model_dir)
+        return result

@@ -66,3 +66,15 @@ def test_reference_with_lora_is_adapter_disabled_base():
     policy.train()
     ref(input_ids=ids)
     assert policy.training  # the reference pass restores the policy's mode
+
+
+def test_load_weights_in_place(tmp_path):
+    lm, _ = tiny_random_llama(seed=0)
+    saved = ScalarHeadModel.from_causal_lm(lm)
+    saved.save_pretrained(tmp_path)
+    other = ScalarHeadModel.from_causal_lm(tiny_random_llama(seed=5)[0])
+    ids = torch.tensor([[3, 4, 5]])
+    mask = torch.ones_like(ids)
+    assert not torch.allclose(saved.score(ids, mask), other.score(ids, mask))
+    other.load_weights(tmp_path)
+    assert torch.allclose(saved.score(ids, mask), other.score(ids, mask), atol=1e-6)

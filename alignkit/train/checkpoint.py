@@ -197,7 +197,15 @@ def default_save_model(model: torch.nn.Module, directory: Path) -> None:
     """Save weights as safetensors: ``save_pretrained`` if the model has it, else a state dict."""
     directory.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "save_pretrained"):
-        model.save_pretrained(str(directory))
+        from transformers.utils import logging as hf_logging
+
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bar inside ours
+        try:
+            model.save_pretrained(str(directory))
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         return
     from safetensors.torch import save_model
 

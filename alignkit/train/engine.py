@@ -348,10 +348,12 @@ class Engine:
         values = {k: _as_float(v) for k, v in metrics.items()}
         if self.accelerator.num_processes == 1 or not values:
             return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=self.device)
-        t = self.accelerator.reduce(t, reduction="mean")
-        return dict(zip(keys, t.tolist(), strict=True))
+        keys = list(values)  # every process iterates the same keys in the same order
+        t = torch.tensor([values[k] for k in sorted(keys)], dtype=torch.float64, device=self.device)
+        reduced = dict(
+            zip(sorted(keys), self.accelerator.reduce(t, reduction="mean").tolist(), strict=True)
+        )
+        return {k: reduced[k] for k in keys}
 
     def log(
         self, metrics: Mapping[str, Any], *, epoch: float | None = None, reduce: bool = True

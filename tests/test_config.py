@@ -81,7 +81,9 @@ def test_dashes_and_underscores():
 
 
 def test_unknown_cli_key_suggests():
-    with pytest.raises(UserError, match=r"command line: unknown option --stesp \(did you mean --steps\?\)"):
+    with pytest.raises(
+        UserError, match=r"command line: unknown option --stesp \(did you mean --steps\?\)"
+    ):
         parse_config(Cfg, ["--stesp", "3"])
 
 
@@ -167,7 +169,9 @@ def test_help_lists_every_option(capsys):
     assert "Peak learning rate." in out and "(default: 2e-05)" in out
     assert "--no-resume" in out and "{cosine,linear,constant}" in out
     help_text = build_arg_parser(Cfg, "x").format_help()
-    assert "(>= 1)" in help_text and "(default: x,y)" in help_text and "(default: none)" in help_text
+    assert (
+        "(>= 1)" in help_text and "(default: x,y)" in help_text and "(default: none)" in help_text
+    )
 
 
 def test_train_config_defaults_and_checks():

@@ -1,7 +1,7 @@
 """Run a few steps of a tiny model on synthetic data; used by test_data_parallel.py.
 
-    python tests/train/ddp_run.py OUTPUT_DIR BATCH_SIZE
-    python -m accelerate.commands.launch --num_processes 2 --cpu tests/train/ddp_run.py OUT 2
+python tests/train/ddp_run.py OUTPUT_DIR BATCH_SIZE
+python -m accelerate.commands.launch --num_processes 2 --cpu tests/train/ddp_run.py OUT 2
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch  # noqa: E402
-from engine_helpers import collate, make_config, next_token_loss, synthetic_dataset, tiny_model  # noqa: E402
+import torch
+from engine_helpers import collate, make_config, next_token_loss, synthetic_dataset, tiny_model
 
-from alignkit.train.engine import Engine  # noqa: E402
+from alignkit.train.engine import Engine
 
 
 def main() -> None:

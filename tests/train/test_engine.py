@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import sys
@@ -13,7 +14,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine_helpers import (  # noqa: E402
+from engine_helpers import (
     collate,
     make_config,
     next_token_loss,
@@ -21,17 +22,19 @@ from engine_helpers import (  # noqa: E402
     tiny_model,
 )
 
-from alignkit.errors import UserError  # noqa: E402
-from alignkit.models.tiny import tiny_random_llama  # noqa: E402
-from alignkit.train.config import TrainConfig  # noqa: E402
-from alignkit.train.engine import Engine, NonFiniteLossError  # noqa: E402
-from alignkit.train.optim import build_optimizer, build_scheduler, lr_multiplier  # noqa: E402
-from alignkit.train.run_dir import read_jsonl  # noqa: E402
-from alignkit.train.sampler import EpochBatchSampler  # noqa: E402
+from alignkit.errors import UserError
+from alignkit.models.tiny import tiny_random_llama
+from alignkit.train.config import TrainConfig
+from alignkit.train.engine import Engine, NonFiniteLossError
+from alignkit.train.optim import build_optimizer, build_scheduler, lr_multiplier
+from alignkit.train.run_dir import read_jsonl
+from alignkit.train.sampler import EpochBatchSampler
 
 
 def train_losses(run_dir) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if "loss" in r}
+    return {
+        r["step"]: r["loss"] for r in read_jsonl(Path(run_dir) / "metrics.jsonl") if "loss" in r
+    }
 
 
 def fit(cfg, model=None, n=16, loss_fn=next_token_loss, **kwargs):
@@ -48,7 +51,7 @@ def test_warmup_then_decay(kind):
     lrs = [lr_multiplier(s, warmup=3, total=12, kind=kind) for s in range(12)]
     assert lrs[:3] == pytest.approx([0.25, 0.5, 0.75])
     assert lrs[3] == pytest.approx(1.0)
-    assert all(a > b for a, b in zip(lrs[3:], lrs[4:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(lrs[3:]))
     assert lr_multiplier(12, warmup=3, total=12, kind=kind) == pytest.approx(0.0, abs=1e-12)
     mid = lr_multiplier(3 + 9 // 2, warmup=3, total=12, kind=kind)
     assert 0.4 < mid < 0.6
@@ -77,7 +80,9 @@ def test_sampler_covers_each_epoch_and_shards_like_one_process():
     assert sorted(i for b in one for i in b) == list(range(10))
     assert one != list(EpochBatchSampler(10, 4, seed=3, epoch=2))
     assert one == list(EpochBatchSampler(10, 4, seed=3, epoch=1))
-    ranks = [list(EpochBatchSampler(10, 2, seed=3, epoch=1, num_processes=2, rank=r)) for r in (0, 1)]
+    ranks = [
+        list(EpochBatchSampler(10, 2, seed=3, epoch=1, num_processes=2, rank=r)) for r in (0, 1)
+    ]
     merged = [a + b for a, b in zip(*ranks, strict=True)]
     assert merged == one
     assert list(EpochBatchSampler(10, 4, seed=3, epoch=1, start=2)) == one[2:]
@@ -90,12 +95,16 @@ def test_sampler_covers_each_epoch_and_shards_like_one_process():
 
 def test_accumulation_matches_a_bigger_batch(tmp_path):
     big, _ = fit(make_config(tmp_path / "a", batch_size=4, max_steps=4))
-    acc, _ = fit(make_config(tmp_path / "b", batch_size=2, gradient_accumulation_steps=2, max_steps=4))
+    acc, _ = fit(
+        make_config(tmp_path / "b", batch_size=2, gradient_accumulation_steps=2, max_steps=4)
+    )
     la, lb = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
     assert list(la) == [1, 2, 3, 4]
     for step in la:
         assert la[step] == pytest.approx(lb[step], abs=1e-5)
-    for pa, pb in zip(big.unwrapped_model.parameters(), acc.unwrapped_model.parameters(), strict=True):
+    for pa, pb in zip(
+        big.unwrapped_model.parameters(), acc.unwrapped_model.parameters(), strict=True
+    ):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
 
 
@@ -159,7 +168,9 @@ def test_resume_gives_the_same_losses_as_an_uninterrupted_run(tmp_path):
     a, b = train_losses(tmp_path / "full"), train_losses(tmp_path / "cut")
     assert list(a) == list(b) == list(range(1, 9))
     assert [a[s] for s in a] == pytest.approx([b[s] for s in b], abs=1e-6, rel=0)
-    for pa, pb in zip(full.unwrapped_model.parameters(), resumed.unwrapped_model.parameters(), strict=True):
+    for pa, pb in zip(
+        full.unwrapped_model.parameters(), resumed.unwrapped_model.parameters(), strict=True
+    ):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=0)
     events = [e["event"] for e in read_jsonl(tmp_path / "cut" / "events.jsonl")]
     assert "resume" in events
@@ -213,7 +224,9 @@ def test_extra_state_round_trips(tmp_path):
     assert counter2.value == 7 and again.state.extra["iteration"] == 3
     torch.testing.assert_close(critic2.weight, critic.weight)
     assert critic_opt2.state_dict()["state"][0]["step"] == 1
-    for pa, pb in zip(engine.unwrapped_model.parameters(), again.unwrapped_model.parameters(), strict=True):
+    for pa, pb in zip(
+        engine.unwrapped_model.parameters(), again.unwrapped_model.parameters(), strict=True
+    ):
         torch.testing.assert_close(pa, pb)
     with pytest.raises(TypeError):
         again.register_state("bad", object())
@@ -267,7 +280,11 @@ def test_too_many_nonfinite_in_a_row_stops_and_keeps_the_good_checkpoint(tmp_pat
     with pytest.raises(NonFiniteLossError) as info:
         fit(cfg, loss_fn=nan_on(set(range(3, 100))))
     message = str(info.value)
-    assert "step 5" in message and "3 steps in a row" in message and "max_consecutive_nonfinite=2" in message
+    assert (
+        "step 5" in message
+        and "3 steps in a row" in message
+        and "max_consecutive_nonfinite=2" in message
+    )
     assert "checkpoints/step-4" in message and "\n" not in message
     assert isinstance(info.value, UserError)
     events = read_jsonl(tmp_path / "events.jsonl")
@@ -304,7 +321,10 @@ def test_run_folder_contents(tmp_path):
     assert all(math.isfinite(r["loss"]) for r in train)
     assert train[0]["lr"] == pytest.approx(2e-3 / 3)  # the lr step 2 used: 2/3 through warm-up
     evals_logged = [r for r in records if "eval_loss" in r]
-    assert [(r["step"], r["eval_loss"], r["eval_extra"]) for r in evals_logged] == [(2, 1.5, 2.0), (4, 1.5, 2.0)]
+    assert [(r["step"], r["eval_loss"], r["eval_extra"]) for r in evals_logged] == [
+        (2, 1.5, 2.0),
+        (4, 1.5, 2.0),
+    ]
     assert len(evals) == 2
     assert result.steps == 4 and result.eval_metrics["eval_loss"] == 1.5
     assert result.train_metrics["step"] == 4

@@ -28,7 +28,7 @@ Online trainers (PPO, GRPO) drive their own loop with the same pieces::
         engine.state.extra["iteration"] = it = it + 1
         engine.log({"reward": mean_reward})            # reduced over processes, written
         engine.log_step_metrics()                      # means of the loss_fn metrics so far
-        if it % cfg.save_every == 0:
+        if cfg.save_every and it % cfg.save_every == 0:
             engine.save_checkpoint()
 
 Step counting: ``state.step`` counts completed accumulation windows, i.e. optimizer updates,
@@ -348,7 +348,7 @@ class Engine:
         values = {k: _as_float(v) for k, v in metrics.items()}
         if self.accelerator.num_processes == 1 or not values:
             return values
-        keys = list(values)  # every process iterates the same keys in the same order
+        keys = list(values)  # the tensor is built in sorted order; the result keeps the caller's
         t = torch.tensor([values[k] for k in sorted(keys)], dtype=torch.float64, device=self.device)
         reduced = dict(
             zip(sorted(keys), self.accelerator.reduce(t, reduction="mean").tolist(), strict=True)
@@ -460,6 +460,8 @@ class Engine:
         Drops metrics.jsonl records past the checkpoint's step (they will be logged again).
         Returns the checkpoint folder, or None when starting from scratch.
         """
+        if self.scheduler is None:
+            raise RuntimeError("call set_total_steps() before resume()")
         latest = self.checkpoints.latest()
         if latest is None:
             self.run.truncate_metrics_after(0)

@@ -38,6 +38,9 @@ class Detector:
     def observe(self, step: int, metrics: Mapping[str, float]) -> list[GuardEvent]:
         raise NotImplementedError
 
+    def after_rollback(self) -> None:
+        """Called once the guard has rewound this detector to the good step's state."""
+
     def event(self, step: int, message: str, **values: float) -> GuardEvent:
         return GuardEvent(
             step, self.name, self.severity, message, {k: float(v) for k, v in values.items()}
@@ -396,6 +399,12 @@ class ProxyGoldDivergenceDetector(Detector):
                 gold_t=gold_t,
             )
         ]
+
+    def after_rollback(self) -> None:
+        # The good checkpoint may already sit inside the drift (a trend is only significant
+        # after some steps), so the rewound window still holds it and would fire again at
+        # once. The replay has to show the divergence afresh.
+        self.series = {"proxy": [], "gold": []}
 
     def state_dict(self) -> dict[str, Any]:
         return {

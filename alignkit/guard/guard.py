@@ -65,7 +65,8 @@ class Guard:
     A checkpoint is *good* when the trainer marks it (`mark_good`) and no triggering event
     was raised in the ``quiet_steps + 1`` steps up to it. On rollback the guard rewinds its
     detectors to their state at that good step, so their windows and baselines describe
-    the trajectory being resumed, not the one abandoned.
+    the trajectory being resumed, not the one abandoned (the proxy–gold trend detector then
+    starts a fresh window: see `Detector.after_rollback`).
     """
 
     def __init__(
@@ -132,6 +133,8 @@ class Guard:
         self.beta_scale *= self.rollback_beta_factor
         self.lr_scale *= self.rollback_lr_factor
         self._restore_detectors(self._good_detector_states)
+        for detector in self.detectors:
+            detector.after_rollback()
         self._last_trigger_step = None  # steps after the good one are replayed afresh
         return GuardDecision(
             "rollback",

@@ -111,12 +111,17 @@ def build_reward(
         ensemble = RewardEnsemble(members, combine, float(config.get("ensemble_k", 1.0)))
         components.append(("ensemble", ensemble, float(config.get("ensemble_weight", 1.0))))
 
-    for entry in config.get("reward_functions") or []:
+    functions = config.get("reward_functions") or []
+    if isinstance(functions, str):  # one spec written without the list brackets
+        functions = [functions]
+    for entry in functions:
         spec, weight, name = _function_entry(entry)
         function = PythonReward(spec, name=name)
         components.append((function.name, function, weight))
 
-    for key, options in (config.get("shaping") or {}).items():
+    shaping = config.get("shaping") or {}
+    _check_keys("shaping", shaping, tuple(SHAPING_KEYS))
+    for key, options in shaping.items():
         components.append((key, _shaping_term(key, options, tokenizer), 1.0))
 
     judge = config.get("demo_judge")

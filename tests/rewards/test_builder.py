@@ -76,7 +76,8 @@ def test_real_reward_model_folder(tmp_path):
     [
         ({}, "no reward"),
         ({"reward_modle": "x"}, "unknown key"),
-        ({"shaping": {"brevity": {}}}, "unknown shaping term 'brevity'"),
+        ({"shaping": {"brevity": {}}}, "unknown key.*brevity"),
+        ({"shaping": ["length"]}, "shaping config must be a mapping"),
         ({"shaping": {"repetition": {"weigth": 1}}}, "shaping.repetition"),
         ({"shaping": {"length": {"weight": 1}}}, "target_tokens or target_words"),
         ({"shaping": {"length": {"target_tokens": 5}}}, "needs a tokenizer"),
@@ -89,6 +90,12 @@ def test_real_reward_model_folder(tmp_path):
 def test_config_mistakes_are_user_errors(config, message):
     with pytest.raises(UserError, match=message):
         build_reward(config, load_scorer=fake_loader)
+
+
+def test_a_single_function_spec_without_a_list(tmp_path):
+    path = tmp_path / "one.py"
+    path.write_text("def one(prompts, responses):\n    return [1.0] * len(responses)\n")
+    assert build_reward({"reward_functions": f"{path}:one"})(["p"], ["r"]).scores.tolist() == [1.0]
 
 
 def test_words_target_needs_no_tokenizer():

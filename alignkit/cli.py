@@ -15,6 +15,45 @@ from alignkit.errors import UserError
 
 EXIT_USER_ERROR = 2
 
+# command -> (module, config class, trainer class, one-line help)
+TRAINERS = {
+    "sft": (
+        "alignkit.train.sft",
+        "SFTConfig",
+        "SFTTrainer",
+        "supervised fine-tuning on prompt/completion data",
+    ),
+    "rm": (
+        "alignkit.train.reward",
+        "RewardConfig",
+        "RewardTrainer",
+        "train a Bradley-Terry reward model on preference pairs",
+    ),
+    "dpo": (
+        "alignkit.train.dpo",
+        "DPOConfig",
+        "DPOTrainer",
+        "direct preference optimisation (and IPO, hinge, robust, SimPO)",
+    ),
+}
+
+
+def run_trainer(command: str, argv: Sequence[str]) -> int:
+    """`alignkit <command> [--config FILE.yaml] [--key value ...]`: train and summarise."""
+    import importlib
+
+    from alignkit.config import parse_config
+    from alignkit.train.summary import print_run_summary
+
+    module_name, config_name, trainer_name, description = TRAINERS[command]
+    module = importlib.import_module(module_name)
+    config = parse_config(
+        getattr(module, config_name), argv, prog=f"alignkit {command}", description=description
+    )
+    result = getattr(module, trainer_name)(config).train()
+    print_run_summary(command, config, result)
+    return 0
+
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
     from alignkit.data import check_dataset, render_summary
@@ -59,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="alignkit", description="Align language models with human preferences."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command, (_, _, _, description) in TRAINERS.items():
+        # Parsed by run_trainer (options come from the config dataclass); listed here for --help.
+        sub.add_parser(
+            command, help=f"{description} (see alignkit {command} --help)", add_help=False
+        )
 
     data = sub.add_parser("data", help="inspect and validate data files")
     data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
@@ -101,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Callable[[argparse.Namespace], int] = args.handler
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in TRAINERS:
+            return run_trainer(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
+        handler: Callable[[argparse.Namespace], int] = args.handler
         return handler(args)
     except UserError as error:
         print(f"alignkit: error: {error}", file=sys.stderr)

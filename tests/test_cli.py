@@ -73,3 +73,39 @@ def test_python_dash_m_entry_point():
     assert result.returncode == 2
     assert result.stderr.strip().startswith("alignkit: error:")
     assert "Traceback" not in result.stderr
+
+
+def test_trainer_command_runs_and_summarises(tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = [
+        "dpo",
+        "--model",
+        "tiny-random-llama",
+        "--dataset",
+        "demo",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--output-dir",
+        str(out),
+        "--max-length",
+        "96",
+        "--max-prompt-length",
+        "64",
+        "--no-report-to-tensorboard",
+    ]
+    assert main(argv) == 0
+    assert "alignkit dpo: 2 steps" in capsys.readouterr().out
+    assert (out / "model" / "config.json").is_file() and (out / "metrics.jsonl").is_file()
+    # The same folder again without --resume is a one-line user error.
+    assert main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_trainer_config_errors_are_one_line(capsys):
+    assert main(["rm", "--learning-rate", "-1", "--dataset", "demo"]) == 2
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and err.count("\n") == 1
+    assert main(["sft", "--stesp", "3"]) == 2
+    assert "unknown option" in capsys.readouterr().err

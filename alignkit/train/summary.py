@@ -1,0 +1,40 @@
+"""The table a trainer prints when it finishes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from alignkit.train.engine import FitResult
+
+
+def print_run_summary(
+    command: str, config: Any, result: FitResult, console: Console | None = None
+) -> None:
+    console = console or Console()
+    table = Table(title=f"alignkit {command}: {result.steps} steps", show_header=True)
+    table.add_column("metric")
+    table.add_column("train (last log)", justify="right")
+    table.add_column("eval (held out)", justify="right")
+    train = {
+        k: v
+        for k, v in result.train_metrics.items()
+        if isinstance(v, float) and k not in ("time", "epoch", "lr")
+    }
+    evals = {
+        k.removeprefix("eval_"): v for k, v in result.eval_metrics.items() if k.startswith("eval_")
+    }
+    for name in sorted(set(train) | set(evals), key=lambda n: (n.count("/") > 1, n)):
+        table.add_row(
+            name,
+            f"{train[name]:.4f}" if name in train else "",
+            f"{evals[name]:.4f}" if name in evals else "",
+        )
+    console.print(table)
+    if result.nonfinite_skips:
+        console.print(
+            f"[yellow]{result.nonfinite_skips} update(s) skipped for a NaN/Inf loss[/yellow]"
+        )
+    console.print(f"run folder: {config.output_dir}   model: {result.model_dir}")

@@ -78,6 +78,11 @@ class ReferencePolicy:
     def shares_policy_weights(self) -> bool:
         return self.model is None
 
+    @property
+    def network(self) -> nn.Module:
+        """The module that computes π_ref: the frozen copy, or the policy itself."""
+        return self.policy if self.model is None else self.model
+
     @torch.no_grad()
     def __call__(self, **inputs):
         if self.model is not None:

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the main job on the default model, end to end")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or .gguf")
-    demo.add_argument("--output-dir", default="runs/demo", help="where the run folder goes")
+    demo.add_argument("--output-dir", default=None, help="run folder (default: runs/demo-<time>)")
     demo.add_argument("--steps", type=int, default=40, help="training steps")
     demo.set_defaults(handler=_cmd_demo)
     return parser

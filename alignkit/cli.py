@@ -51,7 +51,10 @@ def run_trainer(command: str, argv: Sequence[str]) -> int:
         getattr(module, config_name), argv, prog=f"alignkit {command}", description=description
     )
     result = getattr(module, trainer_name)(config).train()
-    print_run_summary(command, config, result)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # one summary under `accelerate launch`
+        print_run_summary(command, config, result)
     return 0
 
 

@@ -10,8 +10,9 @@ A config class is a plain dataclass whose fields carry metadata::
 
 ``option(default, help, min=, max=, gt=, lt=)`` is ``dataclasses.field`` with that metadata
 (a plain ``field(metadata={"help": ..., "min": 0})`` works the same). Supported field types:
-``int``, ``float``, ``str``, ``bool``, ``Optional[...]`` / ``X | None``, ``Literal[...]`` and
-``list[...]`` of those.
+``int``, ``float``, ``str``, ``bool``, ``Optional[...]`` / ``X | None``, ``Literal[...]``,
+``list[...]`` of those, and ``dict[str, Any]`` for a nested section that its own builder
+validates (on the command line in YAML flow style: ``--guard '{policy: rollback}'``).
 
 Precedence: field default < YAML file < command line. Every mistake (unknown key, wrong type,
 out-of-range value) is one :class:`~alignkit.errors.UserError` naming the key and where it came
@@ -125,6 +126,8 @@ def _type_name(tp: Any) -> str:
     if origin in (list, Sequence, tuple):
         (arg, *_) = typing.get_args(tp) or (str,)
         return f"a list of {_type_name(arg)}"
+    if origin in (dict, Mapping) or tp is dict:
+        return "a mapping"
     return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -165,6 +168,17 @@ def _coerce(value: Any, tp: Any, from_text: bool) -> Any:
         if not isinstance(value, list | tuple):
             raise _Bad
         return [_coerce(v, arg, from_text) for v in value]
+    if origin in (dict, Mapping) or tp is dict:
+        # A nested section (e.g. `reward:` or `guard:`), checked by its own builder; on the
+        # command line it is written in YAML/JSON flow style: --guard '{policy: rollback}'.
+        if isinstance(value, str):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError as e:
+                raise _Bad from e
+        if not isinstance(value, Mapping):
+            raise _Bad
+        return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value

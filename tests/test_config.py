@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import pytest
 import yaml
@@ -191,3 +191,20 @@ def test_save_and_reload_round_trip(tmp_path):
     assert yaml.safe_load((tmp_path / "config.yaml").read_text()) == config_to_dict(cfg)
     again = parse_config(TrainConfig, ["--config", str(tmp_path / "config.yaml")])
     assert again == cfg
+
+
+@dataclass
+class WithSection:
+    guard: dict[str, Any] = option({}, "A nested section.")
+
+
+def test_mapping_field_from_yaml_and_command_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("guard:\n  policy: rollback\n  detectors: {kl_bound: {max_kl: 3}}\n")
+    assert load_config(WithSection, path).guard == {
+        "policy": "rollback",
+        "detectors": {"kl_bound": {"max_kl": 3}},
+    }
+    assert load_config(WithSection, None, ["--guard", "{policy: warn}"]).guard == {"policy": "warn"}
+    with pytest.raises(UserError, match="guard"):
+        load_config(WithSection, None, ["--guard", "[1, 2]"])

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignkit.ops.logprobs import token_logprobs
+from alignkit.ops.logprobs import entropy_from_logits, token_logprobs
 
 IGNORE_INDEX = -100
 
@@ -47,6 +47,24 @@ def labelled_token_logprobs(
 
     Returns `(token_logps [B, T-1], mask [B, T-1])`, where position t scores `input_ids[:, t+1]`
     and the mask is 1 where the label is not -100 (prompt and padding are 0).
+    """
+    logps, mask, _ = labelled_token_stats(
+        model, input_ids, attention_mask, labels, temperature=temperature
+    )
+    return logps, mask
+
+
+def labelled_token_stats(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Like :func:`labelled_token_logprobs`, plus the policy's entropy at each position
+    (H(π(·|y_<t)) at temperature τ, [B, T-1], 0 before the first labelled column) when asked.
 
     The vocabulary projection is the most expensive layer of a small model (49,152 × 576
     for SmolLM2-135M) and prompts carry no labels, so the logits are only computed from the
@@ -66,4 +84,7 @@ def labelled_token_logprobs(
     logps = token_logprobs(
         logits, targets[:, first:], ignore_index=IGNORE_INDEX, temperature=temperature
     )
-    return F.pad(logps, (first, 0)), mask
+    entropy = None
+    if with_entropy:
+        entropy = F.pad(entropy_from_logits(logits, temperature=temperature), (first, 0))
+    return F.pad(logps, (first, 0)), mask, entropy

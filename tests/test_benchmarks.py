@@ -1,0 +1,130 @@
+"""The benchmark harness (benchmarks/): its pure parts, and one tiny quick run of each system.
+
+Nothing here asserts a timing: only the record schema, the arithmetic, and that alignkit and
+TRL, given the same batches, start from the same loss.
+"""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks import core  # noqa: E402
+
+
+def _record(system="alignkit", **overrides):
+    base = dict(
+        workload="dpo",
+        system=system,
+        model="tiny-random-llama",
+        step_ends=[10.0, 10.5, 11.5, 12.0],
+        step_tokens=[100, 200, 300, 100],
+        losses=[0.6931, 0.69],
+        peak_rss_mib=500.0,
+        n_params=1000,
+        warmup_steps=1,
+    )
+    base.update(overrides)
+    return core.make_record(**base)
+
+
+def test_step_statistics_skip_warmup():
+    times = core.step_times([10.0, 10.5, 11.5, 12.0], warmup_steps=1)
+    assert times == pytest.approx([0.5, 1.0, 0.5])
+    summary = core.summarize_steps([10.0, 10.5, 11.5, 12.0], [100, 200, 300, 100], 1)
+    assert summary["timed_tokens"] == 600
+    assert summary["tokens_per_s"] == pytest.approx(600 / 2.0)
+    assert summary["step_s_median"] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        core.step_times([1.0, 2.0], warmup_steps=0)
+    with pytest.raises(ValueError):
+        core.step_times([1.0, 2.0], warmup_steps=2)
+
+
+def test_mfu_arithmetic():
+    assert core.matmul_flops(1000) == 2e9
+    assert core.model_flops_per_token(100) == 600
+    assert core.model_flops_per_token(100, ref_forwards=1) == 800
+    # 1000 tokens/s through a 1e6-parameter model = 6e9 FLOP/s; against a 12e9 peak: 50 %
+    assert core.mfu(1000, 10**6, 12e9) == pytest.approx(0.5)
+    record = _record()
+    core.add_mfu(record, peak_flops=6000 * 300 / 0.25)
+    assert record["mfu"] == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        core.mfu(1.0, 1, 0.0)
+
+
+def test_matmul_params_counts_the_tied_head_once():
+    from alignkit.models.tiny import tiny_random_llama
+
+    model, _ = tiny_random_llama()
+    total = sum(p.numel() for p in model.parameters())  # tied: the table is listed once
+    table = model.get_input_embeddings().weight.numel()
+    assert core.count_matmul_params(model, lm_head=True) == total
+    assert core.count_matmul_params(model, lm_head=False) == total - table
+
+
+def test_record_schema_and_json():
+    record = _record()
+    core.add_mfu(record, 1e9)
+    core.validate_record(record)
+    for key in core.RECORD_KEYS:
+        assert key in record
+    assert json.loads(json.dumps(record)) == record
+    assert record["first_loss"] == pytest.approx(0.6931)
+    with pytest.raises(ValueError):
+        core.validate_record({k: v for k, v in record.items() if k != "peak_rss_mib"})
+    with pytest.raises(ValueError):
+        _record(system="other")
+
+
+def test_comparison_ratios_and_targets():
+    a = _record(step_ends=[0.0, 1.0, 2.0, 3.0], peak_rss_mib=400.0)
+    t = _record("trl", step_ends=[0.0, 2.0, 4.0, 6.0], peak_rss_mib=500.0, losses=[0.6931, 0.7])
+    c = core.compare(a, t)
+    assert c.speed_ratio == pytest.approx(2.0)
+    assert c.memory_ratio == pytest.approx(0.8)
+    assert c.speed_target == 1.75 and c.speed_met and c.memory_met
+    assert c.first_loss_diff == 0 and c.second_loss_diff == pytest.approx(0.01)
+    assert c.same_batches
+
+
+def test_settings_roundtrip():
+    s = core.quick_settings(timed_steps=2)
+    assert core.Settings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert s.num_examples == (s.warmup_steps + 2) * s.batch_size
+
+
+def test_quick_dpo_run_agrees_with_trl(tmp_path):
+    """Both systems, one tiny DPO run each, in this process: records exist, batches and
+    tokens are identical, and the first losses (and first-batch log-probs) agree."""
+    pytest.importorskip("trl")
+    from benchmarks import run, systems
+
+    settings = core.quick_settings(warmup_steps=1, timed_steps=1, batch_size=2)
+    settings.model_path = run.prepare_model(settings, tmp_path)
+    data = run.prepare_data("dpo", settings, tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(settings.threads)
+        records = {s: systems.RUNNERS[s]("dpo", settings, data) for s in core.SYSTEMS}
+    finally:
+        torch.set_num_threads(threads)
+        systems.uninstall_alignkit_probe()
+    for r in records.values():
+        core.add_mfu(r, 1e11)
+        core.validate_record(r)
+    a, t = records["alignkit"], records["trl"]
+    assert a["step_tokens"] == t["step_tokens"]
+    assert t["tokens_match_alignkit"] == 1.0
+    assert math.isclose(a["first_loss"], math.log(2), abs_tol=1e-5)
+    assert abs(a["first_loss"] - t["first_loss"]) < 1e-4
+    for key in ("logps/chosen", "logps/rejected"):
+        assert abs(a["first_metrics"][key] - t["first_metrics"][key]) < 1e-3

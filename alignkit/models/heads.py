@@ -32,15 +32,22 @@ class ScalarHeadModel(nn.Module):
     """Backbone + linear head: `forward` gives one scalar per position, float32, shape [B, T]."""
 
     def __init__(
-        self, backbone: PreTrainedModel, head: nn.Linear | None = None, kind: str = "reward"
+        self,
+        backbone: PreTrainedModel,
+        head: nn.Linear | None = None,
+        kind: str = "reward",
+        *,
+        seed: int = 0,
     ):
         super().__init__()
         self.backbone = backbone
         hidden = backbone.config.hidden_size
         if head is None:
-            # Small init so the first rewards/values are near 0 and do not swamp the KL term.
+            # Small init so the first rewards/values are near 0 and do not swamp the KL term;
+            # drawn from its own generator so a run is reproducible from its seed alone.
             head = nn.Linear(hidden, 1, bias=True)
-            nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden + 1))
+            generator = torch.Generator().manual_seed(seed)
+            nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden + 1), generator=generator)
             nn.init.zeros_(head.bias)
         self.head = head.to(dtype=torch.float32, device=backbone.device)
         self.kind = kind
@@ -55,9 +62,12 @@ class ScalarHeadModel(nn.Module):
         return self.head.weight.device
 
     @classmethod
-    def from_causal_lm(cls, lm: PreTrainedModel, kind: str = "reward") -> ScalarHeadModel:
+    def from_causal_lm(
+        cls, lm: PreTrainedModel, kind: str = "reward", *, seed: int = 0
+    ) -> ScalarHeadModel:
         """Wrap the decoder of a loaded causal LM (its vocabulary projection is dropped)."""
-        return cls(lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model, kind=kind)
+        backbone = lm.get_decoder() if hasattr(lm, "get_decoder") else lm.base_model
+        return cls(backbone, kind=kind, seed=seed)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -130,4 +140,4 @@ def load_scalar_model(
         model.kind = kind
         return model, load_tokenizer(name)
     lm, tokenizer = load_causal_lm(name, dtype=dtype, seed=seed)
-    return ScalarHeadModel.from_causal_lm(lm, kind=kind), tokenizer
+    return ScalarHeadModel.from_causal_lm(lm, kind=kind, seed=seed), tokenizer

@@ -179,10 +179,10 @@ class GRPOTrainer(OnlineTrainer):
                         loss_normalization=cfg.loss_normalization,
                         max_completion_length=cfg.max_new_tokens,
                     )
-                    result = engine.backward_and_step(
-                        loss,
-                        {"policy/clipfrac": stats["clipfrac"], "policy/kl_in_loss": stats["kl"]},
+                    stats = {"policy/clipfrac": stats["clipfrac"]} | (
+                        {"policy/kl_in_loss": stats["kl"]} if "kl" in stats else {}
                     )
+                    result = engine.backward_and_step(loss, stats)
                 if result.stepped and not result.skipped:
                     records.append(result.metrics)
         return records

@@ -303,6 +303,7 @@ class OnlineTrainer:
         if self.normalizer is not None:
             scores = self.normalizer(scores, update=True)
         metrics["completions/mean_length"] = float(sequences.response_lengths.float().mean())
+        metrics["completions/mean_words"] = sum(len(t.split()) for t in texts) / len(texts)
         metrics["completions/ended"] = float(sequences.ended.float().mean())
         metrics["completions/repetition_rate"] = sum(
             repeated_ngram_fraction(t) for t in texts
@@ -443,6 +444,7 @@ class OnlineTrainer:
             raise UserError(message + "; raise --keep-last-checkpoints")
         guard_state = self.guard.state_dict()  # the guard's own memory survives the rewind
         beta = self.kl_controller.value
+        from_step = engine.state.step
         engine.load_checkpoint(path)
         self.guard.load_state_dict(guard_state)
         self.kl_controller.value = max(self.kl_controller.value, beta) * decision.beta_factor
@@ -455,7 +457,7 @@ class OnlineTrainer:
         ):
             group["lr"] = lr * lr_lambda(scheduler.last_epoch)
         engine.run.log_event(
-            "rollback", engine.state.step, decision.reason,
+            "rollback", from_step, decision.reason,
             to_step=decision.rollback_to, beta=self.kl_controller.value, learning_rate=lr,
         )  # fmt: skip
         return int(engine.state.extra.get("iteration", 0))

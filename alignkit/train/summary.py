@@ -37,4 +37,10 @@ def print_run_summary(
         console.print(
             f"[yellow]{result.nonfinite_skips} update(s) skipped for a NaN/Inf loss[/yellow]"
         )
+    if getattr(result, "rollbacks", 0):
+        console.print(
+            f"[yellow]the guard rolled back {result.rollbacks} time(s); see events.jsonl[/yellow]"
+        )
+    if getattr(result, "stopped_by_guard", None):
+        console.print(f"[red]stopped by the guard: {result.stopped_by_guard}[/red]")
     console.print(f"run folder: {config.output_dir}   model: {result.model_dir}")

@@ -78,3 +78,13 @@ def test_load_weights_in_place(tmp_path):
     assert not torch.allclose(saved.score(ids, mask), other.score(ids, mask))
     other.load_weights(tmp_path)
     assert torch.allclose(saved.score(ids, mask), other.score(ids, mask), atol=1e-6)
+
+
+def test_fresh_head_depends_on_seed_not_on_global_rng():
+    torch.manual_seed(1)
+    a, _ = load_scalar_model("tiny-random-llama", seed=3)
+    torch.manual_seed(2)
+    b, _ = load_scalar_model("tiny-random-llama", seed=3)
+    c, _ = load_scalar_model("tiny-random-llama", seed=4)
+    assert torch.equal(a.head.weight, b.head.weight)
+    assert not torch.equal(a.head.weight, c.head.weight)

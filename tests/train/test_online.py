@@ -1,0 +1,187 @@
+"""PPO and GRPO on a tiny model with synthetic rewards: they learn, β adapts, the guard
+catches a planted reward hack, and a resumed run continues exactly."""
+
+import pytest
+
+from alignkit.errors import UserError
+from alignkit.train.grpo import GRPOConfig, GRPOTrainer, user_group_weights
+from alignkit.train.ppo import PPOConfig, PPOTrainer
+from alignkit.train.run_dir import read_jsonl
+
+REWARDS = '''
+def letters(prompts, responses):
+    """Fraction of lowercase ASCII letters: learnable from random bytes."""
+    return [sum(c.isascii() and c.islower() for c in r) / max(len(r), 1) for r in responses]
+
+def words(prompts, responses):
+    """A planted hack: pays for every extra word."""
+    return [float(len(r.split())) for r in responses]
+
+def concise(prompts, responses):
+    """The gold check the hack breaks: fewer words are better."""
+    return [-float(len(r.split())) for r in responses]
+'''
+
+
+@pytest.fixture
+def rewards(tmp_path):
+    path = tmp_path / "rewards.py"
+    path.write_text(REWARDS)
+    return path
+
+
+def settings(tmp_path, rewards, reward="letters", **overrides):
+    params = dict(
+        model="tiny-random-llama",
+        dataset="demo",
+        output_dir=str(tmp_path / "run"),
+        batch_size=8,
+        max_new_tokens=16,
+        learning_rate=3e-3,
+        reward={"reward_functions": [f"{rewards}:{reward}"]},
+        report_to_tensorboard=False,
+        rollouts_every=10,
+        save_every=0,
+    )
+    params.update(overrides)
+    return params
+
+
+def metrics(cfg):
+    return [r for r in read_jsonl(f"{cfg.output_dir}/metrics.jsonl") if "objective/scores" in r]
+
+
+def mean(rows, key):
+    return sum(r[key] for r in rows) / len(rows)
+
+
+def test_ppo_raises_reward_with_bounded_kl_and_adaptive_beta(tmp_path, rewards):
+    cfg = PPOConfig(
+        **settings(
+            tmp_path,
+            rewards,
+            max_steps=30,
+            ppo_epochs=2,
+            num_minibatches=2,
+            kl_coef=0.01,
+            kl_target=6.0,
+            kl_horizon=200,
+        )
+    )
+    result = PPOTrainer(cfg).train()
+    rows = metrics(cfg)
+    assert result.steps == 30 and len(rows) == 30
+    assert mean(rows[-5:], "objective/scores") > mean(rows[:5], "objective/scores") + 0.15
+    assert max(r["objective/kl"] for r in rows) < 40
+    # KL above target pushes β up; the controller moves it toward the target.
+    above = [r for r in rows if r["objective/kl"] > cfg.kl_target]
+    assert above and rows[-1]["objective/beta"] > rows[0]["objective/beta"]
+    assert {
+        "policy/clipfrac",
+        "policy/approxkl",
+        "val/loss",
+        "val/mean",
+        "objective/entropy",
+    } <= set(rows[-1])
+    rollouts = read_jsonl(f"{cfg.output_dir}/rollouts.jsonl")
+    assert rollouts and {"logp", "ref_logp", "kl", "value", "advantage"} <= set(
+        rollouts[0]["tokens"][0]
+    )
+    assert (result.model_dir / "critic" / "scalar_head.json").is_file()
+
+
+def test_grpo_raises_reward_and_reports_user_groups(tmp_path, rewards):
+    cfg = GRPOConfig(
+        **settings(tmp_path, rewards, max_steps=25, batch_size=4, num_generations=8, kl_coef=0.05)
+    )
+    GRPOTrainer(cfg).train()
+    rows = metrics(cfg)
+    assert mean(rows[-5:], "objective/scores") > mean(rows[:5], "objective/scores") + 0.15
+    assert max(r["objective/kl"] for r in rows) < 40
+    # the demo prompts carry user groups: per-group scores and the gap between them
+    assert {"objective/scores/concise", "objective/scores/detailed"} <= set(rows[-1])
+    assert "objective/scores/group_gap" in rows[-1]
+    rollouts = read_jsonl(f"{cfg.output_dir}/rollouts.jsonl")
+    assert len(rollouts[0]["group_scores"]) == 8 and "advantage" in rollouts[0]
+
+
+def test_rloo_variant_trains(tmp_path, rewards):
+    cfg = GRPOConfig(**settings(tmp_path, rewards, max_steps=15, batch_size=4, num_generations=4,
+                                advantage_estimator="rloo", kl_coef=0.0))  # fmt: skip
+    GRPOTrainer(cfg).train()
+    rows = metrics(cfg)
+    assert mean(rows[-4:], "objective/scores") > mean(rows[:4], "objective/scores")
+
+
+def test_planted_length_hack_is_caught_and_rolled_back(tmp_path, rewards):
+    guard = {
+        "policy": "rollback",
+        "rollback_beta_factor": 4.0,
+        "max_rollbacks": 2,
+        "detectors": {
+            "length_drift": {"metric": "completions/mean_words", "max_relative_change": 0.5,
+                             "baseline_steps": 3},
+            "proxy_gold_divergence": {"window_steps": 8},
+        },
+    }  # fmt: skip
+    cfg = GRPOConfig(
+        **settings(
+            tmp_path,
+            rewards,
+            reward="words",
+            max_steps=30,
+            batch_size=4,
+            num_generations=8,
+            learning_rate=5e-3,
+            kl_coef=0.001,
+            save_every=2,
+            guard=guard,
+            gold_reward={"reward_functions": [f"{rewards}:concise"]},
+        )
+    )
+    result = GRPOTrainer(cfg).train()
+    events = read_jsonl(f"{cfg.output_dir}/events.jsonl")
+    caught = [e for e in events if e["event"] == "guard"]
+    rollbacks = [e for e in events if e["event"] == "rollback"]
+    assert caught, "the guard saw nothing"
+    assert rollbacks and result.rollbacks >= 1
+    assert rollbacks[0]["beta"] >= 4.0 * cfg.kl_coef - 1e-12
+    assert rollbacks[0]["to_step"] < rollbacks[0]["step"]
+
+
+def test_ppo_resume_matches_uninterrupted_run(tmp_path, rewards):
+    common = settings(tmp_path, rewards, ppo_epochs=1, num_minibatches=2, kl_target=2.0)
+    common["reward"] = {"reward_functions": [f"{rewards}:letters"], "normalize": True}
+    full = PPOConfig(**{**common, "output_dir": str(tmp_path / "full"), "max_steps": 6})
+    PPOTrainer(full).train()
+    half = PPOConfig(
+        **{**common, "output_dir": str(tmp_path / "half"), "max_steps": 6, "save_every": 3}
+    )
+    # stop after 3 iterations by running a shorter job into the same folder
+    PPOTrainer(
+        PPOConfig(**{**common, "output_dir": str(tmp_path / "half"), "max_steps": 3})
+    ).train()
+    half.resume = True
+    PPOTrainer(half).train()
+    a = [r for r in metrics(full)]
+    b = [r for r in metrics(half) if r["iteration"] > 3]
+    assert [r["iteration"] for r in b] == [4, 5, 6]
+    for x, y in zip(a[3:], b, strict=True):
+        for key in ("objective/scores", "objective/kl", "objective/beta", "loss"):
+            assert x[key] == pytest.approx(y[key], abs=1e-6), key
+
+
+def test_user_group_weights_favour_the_lagging_group():
+    import torch
+
+    scores = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    weights = user_group_weights(scores, ["a", "a", "b", "b"], strength=1.0)
+    assert weights[2] > weights[0] and torch.isclose(weights.mean(), torch.tensor(1.0))
+    assert torch.equal(user_group_weights(scores, ["a", "a", "b", "b"], 0.0), torch.ones(4))
+
+
+def test_online_run_needs_a_reward():
+    with pytest.raises(UserError, match="reward"):
+        from alignkit.config import load_config
+
+        load_config(GRPOConfig, None, ["--dataset", "demo"])

@@ -35,6 +35,18 @@ TRAINERS = {
         "DPOTrainer",
         "direct preference optimisation (and IPO, hinge, robust, SimPO)",
     ),
+    "ppo": (
+        "alignkit.train.ppo",
+        "PPOConfig",
+        "PPOTrainer",
+        "PPO with its four models: policy, critic, reference, reward",
+    ),
+    "grpo": (
+        "alignkit.train.grpo",
+        "GRPOConfig",
+        "GRPOTrainer",
+        "GRPO: group-relative advantages, no critic (RLOO with --advantage-estimator rloo)",
+    ),
 }
 
 

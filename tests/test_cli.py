@@ -6,6 +6,7 @@ import pytest
 
 from alignkit.cli import main
 from alignkit.data import demo_path
+from alignkit.train.run_dir import read_jsonl
 
 BAD_FILES = {
     "missing field": (
@@ -109,3 +110,29 @@ def test_trainer_config_errors_are_one_line(capsys):
     assert "learning_rate" in err and err.count("\n") == 1
     assert main(["sft", "--stesp", "3"]) == 2
     assert "unknown option" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["ppo", "grpo"])
+def test_online_commands_run_with_a_trained_reward_model(command, tmp_path, capsys):
+    rm_dir = tmp_path / "rm"
+    assert main(["rm", "--model", "tiny-random-llama", "--dataset", "demo", "--max-steps", "2",
+                 "--batch-size", "2", "--output-dir", str(rm_dir), "--no-report-to-tensorboard",
+                 "--max-length", "96", "--max-prompt-length", "64"]) == 0  # fmt: skip
+    out = tmp_path / command
+    argv = [command, "--model", "tiny-random-llama", "--dataset", "demo", "--reward-model",
+            str(rm_dir / "model"), "--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "8",
+            "--output-dir", str(out), "--no-report-to-tensorboard", "--rollouts-every", "1",
+            "--reward", "{shaping: {evasion: {weight: 0.5}}}"]  # fmt: skip
+    if command == "ppo":
+        argv += ["--num-minibatches", "1", "--ppo-epochs", "1"]
+    assert main(argv) == 0
+    assert f"alignkit {command}: 2 iterations" in capsys.readouterr().out
+    assert (out / "rollouts.jsonl").is_file() and (out / "model" / "config.json").is_file()
+    record = read_jsonl(out / "metrics.jsonl")[-1]
+    assert {"rewards/reward_model", "rewards/evasion", "objective/kl"} <= set(record)
+
+
+def test_online_command_without_reward_is_one_line(capsys):
+    assert main(["grpo", "--dataset", "demo", "--model", "tiny-random-llama"]) == 2
+    err = capsys.readouterr().err
+    assert "reward" in err and err.count("\n") == 1

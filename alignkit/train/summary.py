@@ -7,21 +7,23 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from alignkit.train.engine import FitResult
+_NOT_METRICS = ("time", "epoch", "lr", "iteration")
 
 
 def print_run_summary(
-    command: str, config: Any, result: FitResult, console: Console | None = None
+    command: str, config: Any, result: Any, console: Console | None = None
 ) -> None:
+    """The last metrics of a FitResult (offline trainers) or an OnlineResult (PPO, GRPO)."""
     console = console or Console()
-    table = Table(title=f"alignkit {command}: {result.steps} steps", show_header=True)
+    unit = "iterations" if hasattr(result, "optimizer_steps") else "steps"
+    table = Table(title=f"alignkit {command}: {result.steps} {unit}", show_header=True)
     table.add_column("metric")
     table.add_column("train (last log)", justify="right")
     table.add_column("eval (held out)", justify="right")
     train = {
         k: v
         for k, v in result.train_metrics.items()
-        if isinstance(v, float) and k not in ("time", "epoch", "lr")
+        if isinstance(v, float) and k not in _NOT_METRICS
     }
     evals = {
         k.removeprefix("eval_"): v for k, v in result.eval_metrics.items() if k.startswith("eval_")

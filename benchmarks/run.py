@@ -280,9 +280,11 @@ def run_benchmarks(settings: Settings, workloads: list[str], timeout: float = 18
         workdir = Path(tmp)
         settings.model_path = prepare_model(settings, workdir)
         for workload in workloads:
-            if workload == "grpo" and not grpo_available():
-                skipped[workload] = "alignkit.train.grpo does not exist yet"
-                continue
+            if workload == "grpo":
+                ready, why = grpo_available()
+                if not ready:
+                    skipped[workload] = why
+                    continue
             data = prepare_data(workload, settings, workdir)
             pair = {}
             for system in SYSTEMS:

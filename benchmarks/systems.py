@@ -414,10 +414,18 @@ def run_trl(workload: str, settings: Settings, data: Path) -> dict[str, Any]:
 # run.py lists "grpo" in WORKLOADS and skips it, with a note, until alignkit.train.grpo exists.
 
 
-def grpo_available() -> bool:
+GRPO_RUNNERS_WRITTEN = False  # flip when run_alignkit_grpo / run_trl_grpo below are written
+
+
+def grpo_available() -> tuple[bool, str]:
+    """(ready, why not): GRPO runs once alignkit.train.grpo exists and the runners are written."""
     import importlib.util
 
-    return importlib.util.find_spec("alignkit.train.grpo") is not None
+    if importlib.util.find_spec("alignkit.train.grpo") is None:
+        return False, "alignkit.train.grpo does not exist yet"
+    if not GRPO_RUNNERS_WRITTEN:
+        return False, "its runners are not written yet (hook in benchmarks/systems.py)"
+    return True, ""
 
 
 def run_alignkit_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str, Any]:

@@ -25,14 +25,81 @@ def _forward_takes_logits_to_keep(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
-def supports_logits_to_keep(model: nn.Module) -> bool:
-    """Whether the (possibly DDP- or PEFT-wrapped) causal LM can skip the vocabulary
-    projection for leading positions."""
+def _unwrapped(model: nn.Module) -> nn.Module:
     inner = getattr(model, "network", model)  # ReferencePolicy
     inner = getattr(inner, "module", inner)  # DistributedDataParallel
     if hasattr(inner, "get_base_model"):  # peft.PeftModel
         inner = inner.get_base_model()
-    return _forward_takes_logits_to_keep(type(inner))
+    return inner
+
+
+def supports_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (possibly DDP- or PEFT-wrapped) causal LM can skip the vocabulary
+    projection for leading positions."""
+    return _forward_takes_logits_to_keep(type(_unwrapped(model)))
+
+
+# Decoders whose forward turns restarting `position_ids` (with no attention mask and no cache)
+# into a block-diagonal causal mask (transformers' packed-sequence detection) and whose
+# positions are rotary, so a sequence's scores do not depend on where it sits in a batch.
+_PADDING_FREE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def supports_padding_free(model: nn.Module) -> bool:
+    """Whether the (possibly DDP-, PEFT- or ReferencePolicy-wrapped) causal LM can score a
+    batch as one packed row: rotary positions, packed-sequence masking, logits_to_keep."""
+    inner = _unwrapped(model)
+    config = getattr(inner, "config", None)
+    if getattr(config, "model_type", None) not in _PADDING_FREE_MODEL_TYPES:
+        return False
+    peft = getattr(model, "network", model)
+    peft = getattr(peft, "module", peft)
+    active = getattr(peft, "active_peft_config", None)
+    if active is not None and getattr(active, "is_prompt_learning", False):
+        return False  # virtual tokens are prepended to every row
+    return supports_logits_to_keep(model)
+
+
+def _packable(attention_mask: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Padding to remove, each row's real tokens contiguous, every label on a real token."""
+    real = attention_mask.bool()
+    if bool(real.all()) or not bool(mask.any()):
+        return False
+    starts = (real[:, 1:] & ~real[:, :-1]).sum(1) + real[:, 0].long()
+    if bool((starts > 1).any()):
+        return False
+    # position t predicts token t+1: both must be real
+    return not bool((mask & ~(real[:, :-1] & real[:, 1:])).any())
+
+
+def _padding_free_logprobs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Score a right/left-padded batch as ONE packed row of its real tokens.
+
+    Position ids restart at 0 for each sequence and no attention mask is passed, so the model
+    masks attention block-diagonally (no token attends across sequences) and no pad token
+    goes through any layer. The vocabulary projection runs only on the positions that predict
+    a label (`logits_to_keep` as an index tensor). Returns token log-probs [B, T-1].
+    """
+    real = attention_mask.bool()
+    batch, length = real.shape
+    packed_ids = input_ids[real].unsqueeze(0)
+    position_ids = (real.long().cumsum(1) - 1)[real].unsqueeze(0)
+    packed_index = real.flatten().long().cumsum(0).view(batch, length) - 1
+    keep = packed_index[:, :-1][mask]  # packed positions that predict a label, row-major
+    logits = model(
+        input_ids=packed_ids, position_ids=position_ids, logits_to_keep=keep, use_cache=False
+    ).logits
+    logps = token_logprobs(
+        logits, targets[mask].unsqueeze(0), ignore_index=IGNORE_INDEX, temperature=temperature
+    )[0]
+    return logps.new_zeros(mask.shape).masked_scatter(mask, logps)
 
 
 def labelled_token_logprobs(
@@ -69,8 +136,19 @@ def labelled_token_stats(
     The vocabulary projection is the most expensive layer of a small model (49,152 × 576
     for SmolLM2-135M) and prompts carry no labels, so the logits are only computed from the
     first position that predicts a label in any row onwards (`logits_to_keep`).
+
+    Padding-free: when the batch is padded and the model allows it (Llama-family decoders,
+    see :func:`supports_padding_free`), the real tokens of all rows are packed into one row
+    with restarting position ids, so no pad token goes through the network, and the
+    vocabulary projection runs only on the positions that predict a label (DPO pairs on the
+    demo data: 35% of a padded batch is padding, and 1 position in 3 after the prompt
+    predicts a label). Same values up to float rounding; the entropy path keeps the padded
+    layout.
     """
     targets, mask = shifted_labels(labels)
+    if not with_entropy and supports_padding_free(model) and _packable(attention_mask, mask):
+        logps = _padding_free_logprobs(model, input_ids, attention_mask, targets, mask, temperature)
+        return logps, mask, None
     width = targets.shape[1]
     labelled_columns = mask.any(dim=0)
     first = int(labelled_columns.float().argmax()) if bool(labelled_columns.any()) else width - 1

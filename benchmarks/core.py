@@ -66,6 +66,9 @@ class Settings:
     seed: int = 42
     threads: int = 2
     matmul_size: int = 2048
+    # TRL's optimizer: "adamw_torch" is torch.optim.AdamW with its default (foreach)
+    # implementation, exactly what alignkit builds; TRL's own default is "adamw_torch_fused".
+    trl_optim: str = "adamw_torch"
 
     @property
     def total_steps(self) -> int:
@@ -235,6 +238,7 @@ class Comparison:
     """alignkit vs TRL on one workload."""
 
     workload: str
+    versus: str  # which TRL run: "trl" (matched settings) or its variant's name
     speed_ratio: float  # alignkit tokens/s ÷ TRL tokens/s
     memory_ratio: float  # alignkit peak RSS ÷ TRL peak RSS
     first_loss_diff: float  # |alignkit − TRL| of the first step's loss
@@ -259,6 +263,7 @@ def compare(alignkit: dict[str, Any], trl: dict[str, Any]) -> Comparison:
     if alignkit["workload"] != trl["workload"]:
         raise ValueError("records of different workloads")
     workload = alignkit["workload"]
+    versus = trl.get("variant") or "trl"
     speed = alignkit["tokens_per_s"] / trl["tokens_per_s"]
     memory = alignkit["peak_rss_mib"] / trl["peak_rss_mib"]
     a_losses, t_losses = alignkit.get("losses", []), trl.get("losses", [])
@@ -269,6 +274,7 @@ def compare(alignkit: dict[str, Any], trl: dict[str, Any]) -> Comparison:
     logps_diff = max((abs(a_first[k] - t_first[k]) for k in shared), default=None)
     return Comparison(
         workload=workload,
+        versus=versus,
         speed_ratio=speed,
         memory_ratio=memory,
         first_loss_diff=abs(alignkit["first_loss"] - trl["first_loss"]),

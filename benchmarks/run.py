@@ -13,6 +13,7 @@ prints a table with the alignkit/TRL ratios and writes benchmarks/results/<date>
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -173,6 +174,10 @@ def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _system(record: dict[str, Any]) -> str:
+    return record.get("variant") or record["system"]
+
+
 def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -184,11 +189,11 @@ def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -
     table.add_column("first loss", justify="right")
     for r in records:
         if "error" in r:
-            table.add_row(r["workload"], r["system"], "[red]failed[/red]", "", "", "", "")
+            table.add_row(r["workload"], _system(r), "[red]failed[/red]", "", "", "", "")
             continue
         table.add_row(
             r["workload"],
-            r["system"],
+            _system(r),
             f"{r['tokens_per_s']:.0f}",
             f"{r['step_s_median']:.3f}",
             f"{r['peak_rss_mib']:.0f}",
@@ -198,8 +203,10 @@ def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -
     console.print(table)
 
     ratios = Table(title="alignkit / TRL")
-    for name in ("workload", "speed ×", "target", "met", "memory ×", "≤ 1", "|Δ loss| step 1"):
-        ratios.add_column(name, justify="left" if name == "workload" else "right")
+    ratios.add_column("workload")
+    ratios.add_column("vs")
+    for name in ("speed ×", "target", "met", "memory ×", "≤ 1", "|Δ loss| step 1"):
+        ratios.add_column(name, justify="right")
     ratios.add_column("|Δ loss| step 2", justify="right")
     ratios.add_column("same batches", justify="right")
     ratios.add_column("same tokens", justify="right")
@@ -207,6 +214,7 @@ def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -
     for c in comparisons:
         ratios.add_row(
             c.workload,
+            c.versus,
             f"{c.speed_ratio:.2f}",
             _fmt(c.speed_target, ".2f"),
             "yes" if c.speed_met else "no",
@@ -239,6 +247,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int)
     p.add_argument("--model", help="model name (default: per mode)")
     p.add_argument("--out", default=str(RESULTS), help="results folder ('' = do not write)")
+    p.add_argument(
+        "--trl-fused-adamw",
+        action="store_true",
+        help="also run TRL with its own default optimizer (fused AdamW) and compare",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     # internal: one (workload, system) run in a child process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -267,7 +280,9 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def run_benchmarks(settings: Settings, workloads: list[str], timeout: float = 1800) -> dict:
+def run_benchmarks(
+    settings: Settings, workloads: list[str], timeout: float = 1800, trl_fused: bool = False
+) -> dict:
     """Run every (workload, system) pair; return records, comparisons and the matmul peak."""
     from benchmarks.systems import grpo_available
 
@@ -300,13 +315,23 @@ def run_benchmarks(settings: Settings, workloads: list[str], timeout: float = 18
                             file=sys.stderr,
                         )
                 continue
+            others = []
+            if trl_fused:
+                print(f"[bench] {workload} / trl (fused AdamW) ...", file=sys.stderr, flush=True)
+                variant = dataclasses.replace(settings, trl_optim="adamw_torch_fused")
+                other = run_child(workload, "trl", variant, data, workdir, timeout)
+                other["variant"] = "trl-fused-adamw"
+                records.append(other)
+                if "error" not in other:
+                    others.append(other)
             n_params = pair["alignkit"]["n_params"]  # one N for both systems (they agree)
-            for r in pair.values():
+            for r in [*pair.values(), *others]:
                 add_mfu(r, peak["flops"], n_params)
                 validate_record(r)
-            comparison = compare(pair["alignkit"], pair["trl"])
-            pair["alignkit"]["vs_trl"] = comparison.to_dict()
-            comparisons.append(comparison)
+            for trl_record in [pair["trl"], *others]:
+                comparison = compare(pair["alignkit"], trl_record)
+                pair["alignkit"].setdefault("vs_trl", []).append(comparison.to_dict())
+                comparisons.append(comparison)
     settings_dict = settings.to_dict()
     settings_dict["model_path"] = None  # a temporary folder in quick mode: not worth keeping
     for r in records:
@@ -331,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run_benchmarks(settings, workloads, args.timeout)
+    result = run_benchmarks(settings, workloads, args.timeout, args.trl_fused_adamw)
     print_report(result["records"], result["comparisons"], result["peak"])
     for workload, why in result["skipped"].items():
         print(f"{workload}: skipped ({why})")

@@ -226,7 +226,7 @@ def _trl_common(settings: Settings, workload: str, out: Path) -> dict[str, Any]:
         adam_beta2=settings.adam_betas[1],
         adam_epsilon=settings.adam_epsilon,
         max_grad_norm=settings.max_grad_norm,
-        optim="adamw_torch",  # torch.optim.AdamW, as alignkit (TRL's default may be the fused one)
+        optim=settings.trl_optim,  # default "adamw_torch": torch.optim.AdamW, as alignkit
         seed=settings.seed,
         data_seed=settings.seed,
         train_sampling_strategy="sequential",  # rows are already in alignkit's order

@@ -22,10 +22,9 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from alignkit.config import ConfigValueError, option
-from alignkit.data import PromptExample, load_dataset_records, train_eval_split
+from alignkit.data import PromptExample, load_dataset_records
 from alignkit.errors import UserError
 from alignkit.guard import build_guard, build_kl_controller
-from alignkit.models.heads import last_token_index
 from alignkit.models.reference import ReferencePolicy
 from alignkit.models.scoring import IGNORE_INDEX, labelled_token_stats
 from alignkit.ops.kl import kl_estimate
@@ -128,6 +127,10 @@ class Sequences:
     response_lengths: torch.Tensor  # [B], tokens including EOS
     ended: torch.Tensor  # [B] bool, the response ended with EOS or a stop string
 
+    def to(self, device: torch.device) -> Sequences:
+        return Sequences(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels)),
+                         self.response_lengths, self.ended)  # fmt: skip
+
     def select(self, index: torch.Tensor) -> Sequences:
         return Sequences(*(t[index] for t in (self.input_ids, self.attention_mask, self.labels)),
                          self.response_lengths[index], self.ended[index])  # fmt: skip
@@ -156,11 +159,6 @@ def assemble(rollout: Rollout, pad_token_id: int, eos_token_id: int) -> Sequence
     return Sequences(
         input_ids, mask, label_ids, torch.tensor(lengths), torch.tensor(ended, dtype=torch.bool)
     )
-
-
-def last_response_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of each row's last response token in the shifted [B, T-1] layout."""
-    return last_token_index(mask)
 
 
 class PromptStream:
@@ -277,10 +275,7 @@ class OnlineTrainer:
             max_prompt_length=self.cfg.max_prompt_length,
         )
         sequences = assemble(rollout, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id)
-        return rollout, sequences.__class__(
-            *(t.to(engine.device) for t in (sequences.input_ids, sequences.attention_mask, sequences.labels)),
-            sequences.response_lengths, sequences.ended,
-        )  # fmt: skip
+        return rollout, sequences.to(engine.device)
 
     def score(
         self, prompts: list[PromptExample], texts: list[str], sequences: Sequences
@@ -342,10 +337,7 @@ class OnlineTrainer:
         return self.cfg.num_epochs * stream.batches_per_epoch
 
     def load_prompts(self) -> list[PromptExample]:
-        records = load_dataset_records(dataset_path(self.cfg.dataset, "prompt"), "prompt")
-        if self.cfg.eval_dataset is None and self.cfg.eval_fraction > 0:
-            records, _ = train_eval_split(records, self.cfg.eval_fraction, seed=self.cfg.seed)
-        return records
+        return load_dataset_records(dataset_path(self.cfg.dataset, "prompt"), "prompt")
 
     def train(self) -> OnlineResult:
         cfg = self.cfg

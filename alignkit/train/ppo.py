@@ -25,14 +25,14 @@ from torch import nn
 
 from alignkit.config import ConfigValueError, option
 from alignkit.data import PromptExample, SFTCollator, load_dataset_records, tokenize_records
-from alignkit.models.heads import ScalarHeadModel, load_scalar_model
+from alignkit.models.heads import ScalarHeadModel, last_token_index, load_scalar_model
 from alignkit.models.scoring import labelled_token_stats
 from alignkit.ops.advantages import gae
 from alignkit.ops.losses import ppo_policy_loss, ppo_value_loss
 from alignkit.ops.stats import masked_mean, masked_whiten
 from alignkit.train.checkpoint import default_load_model, default_save_model
 from alignkit.train.common import dataset_path
-from alignkit.train.online import OnlineConfig, OnlineTrainer, Sequences, last_response_index
+from alignkit.train.online import OnlineConfig, OnlineTrainer, Sequences
 
 CRITIC_DIR = "critic"
 
@@ -169,7 +169,7 @@ class PPOTrainer(OnlineTrainer):
         kl = self.kl_terms(logps, ref_logps, mask)
         beta = self.kl_controller.value
         rewards = -beta * kl
-        last = last_response_index(mask)
+        last = last_token_index(mask)
         rewards[torch.arange(rewards.shape[0]), last] += scores
         advantages, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
         if cfg.whiten_advantages:

@@ -190,3 +190,11 @@ def test_online_run_needs_a_reward():
         from alignkit.config import load_config
 
         load_config(GRPOConfig, None, ["--dataset", "demo"])
+
+
+def test_ppo_ptx_mixes_in_the_sft_loss(tmp_path, rewards):
+    cfg = PPOConfig(**settings(tmp_path, rewards, max_steps=2, ppo_epochs=1, num_minibatches=2,
+                               ptx_dataset="demo", ptx_coef=0.5, entropy_coef=0.01))  # fmt: skip
+    PPOTrainer(cfg).train()
+    last = metrics(cfg)[-1]
+    assert last["ptx/loss"] > 0 and "policy/entropy" in last

@@ -371,7 +371,7 @@ class OnlineTrainer:
                 metrics.update(mean_metrics(step_metrics))
                 metrics["objective/beta"] = self.kl_controller.value
                 metrics["iteration"] = iteration
-                metrics = engine.reduce_metrics(metrics)
+                metrics = reduce_across_processes(engine, metrics)
                 self.kl_controller.update(
                     metrics["objective/kl"], cfg.batch_size * self.samples_per_prompt
                 )
@@ -453,6 +453,27 @@ class OnlineTrainer:
             to_step=decision.rollback_to, beta=self.kl_controller.value, learning_rate=lr,
         )  # fmt: skip
         return int(engine.state.extra.get("iteration", 0))
+
+
+def reduce_across_processes(engine: Engine, metrics: dict[str, float]) -> dict[str, float]:
+    """Mean of each metric over the processes that have it.
+
+    Per-group figures differ between processes (one may see no prompt of a group), so
+    the keys are first agreed on; a process without a key contributes nothing to it.
+    """
+    if engine.accelerator.num_processes == 1:
+        return dict(metrics)
+    from accelerate.utils import gather_object
+
+    keys = sorted(set().union(*gather_object([sorted(metrics)])))
+    values = torch.tensor(
+        [metrics.get(k, 0.0) for k in keys], dtype=torch.float64, device=engine.device
+    )
+    present = torch.tensor(
+        [float(k in metrics) for k in keys], dtype=torch.float64, device=engine.device
+    )
+    totals = engine.accelerator.reduce(torch.stack([values * present, present]), reduction="sum")
+    return {k: float(totals[0, i] / totals[1, i]) for i, k in enumerate(keys)}
 
 
 def mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:

@@ -32,13 +32,15 @@ def test_demo_preference_set_is_real():
     assert all(isinstance(r, PreferenceExample) and r.conversational for r in records)
     assert {r.margin for r in records} == {1.0, 2.0}
     answers = {
-        json.dumps(r["prompt"]): r["answer"]
+        r["prompt"][-1]["content"]: r["answer"]
         for r in map(json.loads, demo_path("prompt").read_text().splitlines())
     }
     for r in records:
         chosen = r.chosen[0]["content"]
+        # the group's preference is stated in the prompt, so it can be learned
+        assert r.prompt[0] == {"role": "system", "content": make_demo.GROUP_SYSTEM[r.group]}
         # a code-checkable preference: chosen holds the answer, is short, never refuses
-        assert answers[json.dumps(r.prompt)].lower() in chosen.lower()
+        assert answers[r.prompt[-1]["content"]].lower() in chosen.lower()
         assert len(chosen) < 120 and not any(x in chosen for x in REFUSALS)
         if r.group == "concise":
             assert len(chosen) < len(r.rejected[0]["content"]) or r.margin == 2.0
@@ -48,7 +50,8 @@ def test_groups_disagree_on_some_prompts():
     records = load_dataset_records(demo_path("preference"))
     by_prompt = {}
     for r in records:
-        by_prompt.setdefault(r.prompt[0]["content"], set()).add((r.group, r.chosen[0]["content"]))
+        question = r.prompt[-1]["content"]
+        by_prompt.setdefault(question, set()).add((r.group, r.chosen[0]["content"]))
     conflicting = [p for p, v in by_prompt.items() if len({g for g, _ in v}) == 2]
     assert len(conflicting) >= 10
 

@@ -10,7 +10,9 @@ Every question gets a "quality" pair (margin 2.0): the group's preferred answer 
 evasive refusal, rambling with no answer, a repetitive answer (a reward hack: it contains
 the right word many times), or a wrong answer. Many also get a "style" pair (margin 1.0):
 the preferred style against the other group's style, and some questions appear in both
-groups with opposite style preferences. ``rejected_kind`` names the kind of rejected answer.
+groups with opposite style preferences. Every prompt opens with its group's system message
+("The user wants the bare answer..."), so what is preferred follows from the prompt.
+``rejected_kind`` names the kind of rejected answer.
 
 Files written next to this script:
 * preference.jsonl: prompt/chosen/rejected (conversational) + group, annotator, margin,
@@ -226,6 +228,18 @@ def _msg(role: str, content: str) -> list[dict]:
     return [{"role": role, "content": content}]
 
 
+# Each group says what it prefers in a system message, so the preference is a function of
+# the prompt: the same question can be judged both ways and still be learnable.
+GROUP_SYSTEM = {
+    "concise": "The user wants the bare answer, nothing more.",
+    "detailed": "The user wants the answer and one sentence that explains it.",
+}
+
+
+def _prompt(q: dict, group: str) -> list[dict]:
+    return _msg("system", GROUP_SYSTEM[group]) + _msg("user", q["question"])
+
+
 def build(seed: int = SEED) -> dict[str, list[dict]]:
     rng = random.Random(seed)
     questions = _questions(rng)
@@ -235,7 +249,7 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
     for i, q in enumerate(questions):
         group = "concise" if rng.random() < 0.6 else "detailed"
         other = "detailed" if group == "concise" else "concise"
-        prompt = _msg("user", q["question"])
+        prompt = _prompt(q, group)
         kind = rng.choice(["evasive", "rambling", "repetitive", "wrong"])
         preference.append(
             dict(
@@ -263,7 +277,7 @@ def build(seed: int = SEED) -> dict[str, list[dict]]:
         if i % 4 == 0:  # the other group judges the same question the other way round
             preference.append(
                 dict(
-                    prompt=prompt,
+                    prompt=_prompt(q, other),
                     chosen=_msg("assistant", _styled(q, other)),
                     rejected=_msg("assistant", _styled(q, group)),
                     group=other,

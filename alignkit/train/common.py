@@ -47,6 +47,17 @@ def tokenize(
     return tokenize_records(records, tokenizer, cfg.max_length, cfg.max_prompt_length, **kwargs)
 
 
+def policy_and_tokenizer(
+    cfg: TrainConfig, model: nn.Module | None, tokenizer: PreTrainedTokenizerBase | None
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """The model a trainer was given, or the one its config names (loaded with LoRA if asked)."""
+    if model is None:
+        return load_policy(cfg)
+    if tokenizer is None:
+        raise ValueError("pass the tokenizer together with the model")
+    return model, tokenizer
+
+
 def load_policy(cfg: TrainConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """The model to train, with LoRA adapters when `use_lora` is on."""
     model, tokenizer = load_causal_lm(cfg.model, dtype=cfg.dtype, seed=cfg.seed)

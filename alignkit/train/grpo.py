@@ -26,7 +26,13 @@ from alignkit.ops.advantages import group_normalized_advantages, rloo_advantages
 from alignkit.ops.losses import grpo_loss
 from alignkit.ops.stats import masked_mean
 from alignkit.train.common import save_policy_hook
-from alignkit.train.online import OnlineConfig, OnlineTrainer, Sequences, group_figures
+from alignkit.train.online import (
+    OnlineConfig,
+    OnlineTrainer,
+    Sequences,
+    group_figures,
+    minibatches,
+)
 
 
 @dataclass
@@ -153,38 +159,35 @@ class GRPOTrainer(OnlineTrainer):
 
     def update(self, experience: GroupExperience, iteration: int) -> list[dict[str, float]]:
         cfg, engine = self.cfg, self.engine
-        n = experience.advantages.shape[0]
-        size = n // cfg.num_minibatches
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
         records = []
-        for _ in range(cfg.num_iterations):
-            order = torch.randperm(n, generator=generator).to(experience.advantages.device)
-            for start in range(0, n, size):
-                rows = order[start : start + size]
-                seq = experience.sequences.select(rows)
-                with engine.accumulate():
-                    logps, mask, _ = labelled_token_stats(
-                        engine.model, seq.input_ids, seq.attention_mask, seq.labels,
-                        temperature=cfg.temperature,
-                    )  # fmt: skip
-                    loss, stats = grpo_loss(
-                        logps,
-                        experience.old_logps[rows],
-                        experience.ref_logps[rows] if self.kl_controller.value > 0 else None,
-                        experience.advantages[rows],
-                        mask,
-                        clip_eps=cfg.clip_eps,
-                        clip_eps_high=cfg.clip_eps_high,
-                        beta=self.kl_controller.value,
-                        loss_normalization=cfg.loss_normalization,
-                        max_completion_length=cfg.max_new_tokens,
-                    )
-                    stats = {"policy/clipfrac": stats["clipfrac"]} | (
-                        {"policy/kl_in_loss": stats["kl"]} if "kl" in stats else {}
-                    )
-                    result = engine.backward_and_step(loss, stats)
-                if result.stepped and not result.skipped:
-                    records.append(result.metrics)
+        for rows in minibatches(
+            experience.advantages.shape[0], cfg.num_minibatches, cfg.num_iterations,
+            seed=cfg.seed, iteration=iteration, device=experience.advantages.device,
+        ):  # fmt: skip
+            seq = experience.sequences.select(rows)
+            with engine.accumulate():
+                logps, mask, _ = labelled_token_stats(
+                    engine.model, seq.input_ids, seq.attention_mask, seq.labels,
+                    temperature=cfg.temperature,
+                )  # fmt: skip
+                loss, stats = grpo_loss(
+                    logps,
+                    experience.old_logps[rows],
+                    experience.ref_logps[rows] if self.kl_controller.value > 0 else None,
+                    experience.advantages[rows],
+                    mask,
+                    clip_eps=cfg.clip_eps,
+                    clip_eps_high=cfg.clip_eps_high,
+                    beta=self.kl_controller.value,
+                    loss_normalization=cfg.loss_normalization,
+                    max_completion_length=cfg.max_new_tokens,
+                )
+                stats = {"policy/clipfrac": stats["clipfrac"]} | (
+                    {"policy/kl_in_loss": stats["kl"]} if "kl" in stats else {}
+                )
+                result = engine.backward_and_step(loss, stats)
+            if result.stepped and not result.skipped:
+                records.append(result.metrics)
         return records
 
     def log_rollouts(

@@ -11,7 +11,7 @@ token by token, and checkpoints everything a run needs to continue exactly.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,7 +31,7 @@ from alignkit.ops.kl import kl_estimate
 from alignkit.rewards import build_reward, build_reward_normalizer, repeated_ngram_fraction
 from alignkit.rewards.base import RewardOutput
 from alignkit.rollout.sampling import Rollout, SamplingConfig, sample
-from alignkit.train.common import dataset_path, load_policy
+from alignkit.train.common import dataset_path, policy_and_tokenizer
 from alignkit.train.config import TrainConfig
 from alignkit.train.engine import Engine
 
@@ -219,11 +219,8 @@ class OnlineTrainer:
         tokenizer: PreTrainedTokenizerBase | None = None,
     ):
         self.cfg = config
-        if model is None:
-            model, tokenizer = load_policy(config)
-        elif tokenizer is None:
-            raise ValueError("pass the tokenizer together with the model")
-        self.policy, self.tokenizer = model, tokenizer
+        self.policy, tokenizer = policy_and_tokenizer(config, model, tokenizer)
+        self.tokenizer = tokenizer
         self.reward_fn = build_reward(config.reward_section(), tokenizer=tokenizer)
         self.gold_fn = (
             build_reward(config.gold_reward, tokenizer=tokenizer) if config.gold_reward else None
@@ -453,6 +450,19 @@ class OnlineTrainer:
             to_step=decision.rollback_to, beta=self.kl_controller.value, learning_rate=lr,
         )  # fmt: skip
         return int(engine.state.extra.get("iteration", 0))
+
+
+def minibatches(
+    n: int, num_minibatches: int, passes: int, *, seed: int, iteration: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Row indices of each minibatch: `passes` shuffled passes over n rows, seeded per
+    iteration so a resumed run draws the same minibatches."""
+    size = n // num_minibatches
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+    for _ in range(passes):
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, size):
+            yield order[start : start + size]
 
 
 def reduce_across_processes(engine: Engine, metrics: dict[str, float]) -> dict[str, float]:

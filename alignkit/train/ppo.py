@@ -32,7 +32,7 @@ from alignkit.ops.losses import ppo_policy_loss, ppo_value_loss
 from alignkit.ops.stats import masked_mean, masked_whiten
 from alignkit.train.checkpoint import default_load_model, default_save_model
 from alignkit.train.common import dataset_path
-from alignkit.train.online import OnlineConfig, OnlineTrainer, Sequences
+from alignkit.train.online import OnlineConfig, OnlineTrainer, Sequences, minibatches
 
 CRITIC_DIR = "critic"
 
@@ -202,48 +202,45 @@ class PPOTrainer(OnlineTrainer):
 
     def update(self, experience: PPOExperience, iteration: int) -> list[dict[str, float]]:
         cfg, engine = self.cfg, self.engine
-        n = experience.old_logps.shape[0]
-        size = n // cfg.num_minibatches
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
         records = []
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(n, generator=generator).to(experience.old_logps.device)
-            for start in range(0, n, size):
-                rows = order[start : start + size]
-                seq = experience.sequences.select(rows)
-                with engine.accumulate():
-                    out = engine.model(
-                        seq.input_ids, seq.attention_mask, seq.labels,
-                        temperature=cfg.temperature, with_entropy=cfg.entropy_coef > 0,
-                    )  # fmt: skip
-                    mask = out["mask"]
-                    pg_loss, pg = ppo_policy_loss(
-                        out["logps"], experience.old_logps[rows], experience.advantages[rows],
-                        mask, cfg.clip_eps,
-                    )  # fmt: skip
-                    vf_loss, vf = ppo_value_loss(
-                        out["values"], experience.old_values[rows], experience.returns[rows],
-                        mask, cfg.value_clip,
-                    )  # fmt: skip
-                    loss = pg_loss + cfg.vf_coef * vf_loss
-                    stats = {
-                        "policy/loss": pg_loss.detach(),
-                        "policy/clipfrac": pg["clipfrac"],
-                        "policy/approxkl": pg["approxkl"],
-                        "val/loss": vf_loss.detach(),
-                        "val/clipfrac": vf["vf_clipfrac"],
-                    }
-                    if cfg.entropy_coef > 0:
-                        entropy = masked_mean(out["entropy"], mask)
-                        loss = loss - cfg.entropy_coef * entropy
-                        stats["policy/entropy"] = entropy.detach()
-                    if self.ptx_features is not None:
-                        ptx = self.ptx_loss(engine.state.step)
-                        loss = loss + cfg.ptx_coef * ptx
-                        stats["ptx/loss"] = ptx.detach()
-                    result = engine.backward_and_step(loss, stats)
-                if result.stepped and not result.skipped:
-                    records.append(result.metrics)
+        for rows in minibatches(
+            experience.old_logps.shape[0], cfg.num_minibatches, cfg.ppo_epochs,
+            seed=cfg.seed, iteration=iteration, device=experience.old_logps.device,
+        ):  # fmt: skip
+            seq = experience.sequences.select(rows)
+            with engine.accumulate():
+                out = engine.model(
+                    seq.input_ids, seq.attention_mask, seq.labels,
+                    temperature=cfg.temperature, with_entropy=cfg.entropy_coef > 0,
+                )  # fmt: skip
+                mask = out["mask"]
+                pg_loss, pg = ppo_policy_loss(
+                    out["logps"], experience.old_logps[rows], experience.advantages[rows],
+                    mask, cfg.clip_eps,
+                )  # fmt: skip
+                vf_loss, vf = ppo_value_loss(
+                    out["values"], experience.old_values[rows], experience.returns[rows],
+                    mask, cfg.value_clip,
+                )  # fmt: skip
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                stats = {
+                    "policy/loss": pg_loss.detach(),
+                    "policy/clipfrac": pg["clipfrac"],
+                    "policy/approxkl": pg["approxkl"],
+                    "val/loss": vf_loss.detach(),
+                    "val/clipfrac": vf["vf_clipfrac"],
+                }
+                if cfg.entropy_coef > 0:
+                    entropy = masked_mean(out["entropy"], mask)
+                    loss = loss - cfg.entropy_coef * entropy
+                    stats["policy/entropy"] = entropy.detach()
+                if self.ptx_features is not None:
+                    ptx = self.ptx_loss(engine.state.step)
+                    loss = loss + cfg.ptx_coef * ptx
+                    stats["ptx/loss"] = ptx.detach()
+                result = engine.backward_and_step(loss, stats)
+            if result.stepped and not result.skipped:
+                records.append(result.metrics)
         return records
 
     def ptx_loss(self, step: int) -> torch.Tensor:

@@ -16,8 +16,8 @@ from alignkit.ops.losses import sft_loss
 from alignkit.train.common import (
     evaluate_in_batches,
     export_merged_lora,
-    load_policy,
     load_train_eval,
+    policy_and_tokenizer,
     save_policy_hook,
     tokenize,
 )
@@ -66,11 +66,7 @@ class SFTTrainer:
         tokenizer: PreTrainedTokenizerBase | None = None,
     ):
         self.cfg = config
-        if model is None:
-            model, tokenizer = load_policy(config)
-        elif tokenizer is None:
-            raise ValueError("pass the tokenizer together with the model")
-        self.model, self.tokenizer = model, tokenizer
+        self.model, self.tokenizer = policy_and_tokenizer(config, model, tokenizer)
 
     def train(self) -> FitResult:
         cfg, tokenizer = self.cfg, self.tokenizer

@@ -1,6 +1,7 @@
 """Each offline trainer learns on a small task with a tiny random model."""
 
 import json
+import math
 import random
 
 import pytest
@@ -134,3 +135,11 @@ def test_sft_lowers_held_out_loss(tmp_path):
     SFTTrainer(cfg).train()
     evals = eval_records(cfg.output_dir)
     assert evals[-1]["eval_loss"] < 0.7 * evals[0]["eval_loss"], (evals[0], evals[-1])
+
+
+def test_dpo_trains_in_bfloat16(tmp_path):
+    data = write_preferences(tmp_path / "prefs.jsonl", n=24)
+    cfg = DPOConfig(**common(tmp_path, data, max_steps=3, learning_rate=5e-4, dtype="bfloat16"))
+    result = DPOTrainer(cfg).train()
+    assert result.nonfinite_skips == 0
+    assert math.isfinite(result.train_metrics["loss"])

@@ -23,6 +23,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.errors import UserError
 from alignkit.models.loading import load_causal_lm
+from alignkit.models.scoring import can_pack, pack_rows
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
@@ -74,9 +75,22 @@ class ScalarHeadModel(nn.Module):
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """One scalar per sequence, read at its last attended token (left or right padding)."""
+        """One scalar per sequence, read at its last attended token (left or right padding).
+
+        A padded batch on a Llama-family backbone runs as one packed row of its real tokens
+        (restarting position ids, attention block-diagonal), so no pad token goes through the
+        network and the head reads one hidden state per sequence.
+        """
+        last = last_token_index(attention_mask)
+        if can_pack(self.backbone, attention_mask):
+            packed_ids, position_ids, packed_index = pack_rows(input_ids, attention_mask)
+            hidden = self.backbone(
+                input_ids=packed_ids, position_ids=position_ids, use_cache=False
+            ).last_hidden_state[0]
+            rows = packed_index.gather(1, last.unsqueeze(1)).squeeze(1)
+            return self.head(hidden[rows].to(self.head.weight.dtype)).squeeze(-1)
         values = self(input_ids, attention_mask)
-        return values.gather(1, last_token_index(attention_mask).unsqueeze(1)).squeeze(1)
+        return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

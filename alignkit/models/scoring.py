@@ -45,9 +45,10 @@ def supports_logits_to_keep(model: nn.Module) -> bool:
 _PADDING_FREE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
 
 
-def supports_padding_free(model: nn.Module) -> bool:
-    """Whether the (possibly DDP-, PEFT- or ReferencePolicy-wrapped) causal LM can score a
-    batch as one packed row: rotary positions, packed-sequence masking, logits_to_keep."""
+def packs_sequences(model: nn.Module) -> bool:
+    """Whether the (possibly DDP-, PEFT- or ReferencePolicy-wrapped) decoder or causal LM
+    masks packed sequences block-diagonally from restarting position ids (rotary positions,
+    transformers' packed-sequence detection)."""
     inner = _unwrapped(model)
     config = getattr(inner, "config", None)
     if getattr(config, "model_type", None) not in _PADDING_FREE_MODEL_TYPES:
@@ -55,21 +56,51 @@ def supports_padding_free(model: nn.Module) -> bool:
     peft = getattr(model, "network", model)
     peft = getattr(peft, "module", peft)
     active = getattr(peft, "active_peft_config", None)
-    if active is not None and getattr(active, "is_prompt_learning", False):
-        return False  # virtual tokens are prepended to every row
-    return supports_logits_to_keep(model)
+    # prompt learning prepends virtual tokens to every row
+    return active is None or not getattr(active, "is_prompt_learning", False)
+
+
+def supports_padding_free(model: nn.Module) -> bool:
+    """Whether the causal LM can score a batch as one packed row: packed-sequence masking
+    and logits_to_keep."""
+    return packs_sequences(model) and supports_logits_to_keep(model)
 
 
 def _packable(attention_mask: torch.Tensor, mask: torch.Tensor) -> bool:
     """Padding to remove, each row's real tokens contiguous, every label on a real token."""
+    if not bool(mask.any()) or not _padded_and_contiguous(attention_mask):
+        return False
     real = attention_mask.bool()
-    if bool(real.all()) or not bool(mask.any()):
-        return False
-    starts = (real[:, 1:] & ~real[:, :-1]).sum(1) + real[:, 0].long()
-    if bool((starts > 1).any()):
-        return False
     # position t predicts token t+1: both must be real
     return not bool((mask & ~(real[:, :-1] & real[:, 1:])).any())
+
+
+def pack_rows(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The real tokens of a padded batch as one row [1, N], position ids restarting at 0 for
+    each sequence [1, N], and where each (row, column) of the batch landed in it [B, T]
+    (meaningful only where the attention mask is 1)."""
+    real = attention_mask.bool()
+    batch, length = real.shape
+    packed_ids = input_ids[real].unsqueeze(0)
+    position_ids = (real.long().cumsum(1) - 1)[real].unsqueeze(0)
+    packed_index = real.flatten().long().cumsum(0).view(batch, length) - 1
+    return packed_ids, position_ids, packed_index
+
+
+def _padded_and_contiguous(attention_mask: torch.Tensor) -> bool:
+    """Some padding to remove, and each row's real tokens in one contiguous run."""
+    real = attention_mask.bool()
+    if bool(real.all()):
+        return False
+    starts = (real[:, 1:] & ~real[:, :-1]).sum(1) + real[:, 0].long()
+    return not bool((starts > 1).any())
+
+
+def can_pack(model: nn.Module, attention_mask: torch.Tensor) -> bool:
+    """Whether a batch for this decoder (no LM head needed) can run as one packed row."""
+    return _padded_and_contiguous(attention_mask) and packs_sequences(model)
 
 
 def _padding_free_logprobs(
@@ -87,11 +118,7 @@ def _padding_free_logprobs(
     goes through any layer. The vocabulary projection runs only on the positions that predict
     a label (`logits_to_keep` as an index tensor). Returns token log-probs [B, T-1].
     """
-    real = attention_mask.bool()
-    batch, length = real.shape
-    packed_ids = input_ids[real].unsqueeze(0)
-    position_ids = (real.long().cumsum(1) - 1)[real].unsqueeze(0)
-    packed_index = real.flatten().long().cumsum(0).view(batch, length) - 1
+    packed_ids, position_ids, packed_index = pack_rows(input_ids, attention_mask)
     keep = packed_index[:, :-1][mask]  # packed positions that predict a label, row-major
     logits = model(
         input_ids=packed_ids, position_ids=position_ids, logits_to_keep=keep, use_cache=False

@@ -37,14 +37,25 @@ class SFTConfig(TrainConfig):
 def sft_batch_loss(
     model: nn.Module, batch: dict[str, Any]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean next-token cross-entropy over labelled tokens of one batch."""
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    """Mean next-token cross-entropy over labelled tokens of one batch.
+
+    Unpacked batches go through `labelled_token_logprobs`, which drops the padding and runs
+    the vocabulary projection only where a label is predicted; packed blocks carry their own
+    position ids and take the plain forward.
+    """
     if "position_ids" in batch:
-        inputs["position_ids"] = batch["position_ids"]
-    logits = model(**inputs).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
-    loss = sft_loss(logits, labels)
-    num_tokens = (labels != -100).sum()
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+        ).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        return sft_loss(logits, labels), {"num_tokens": (labels != -100).sum().float()}
+    logps, mask = labelled_token_logprobs(
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+    )
+    num_tokens = mask.sum()
+    loss = -(logps * mask).sum() / num_tokens.clamp(min=1)
     return loss, {"num_tokens": num_tokens.float()}
 
 

@@ -88,3 +88,23 @@ def test_fresh_head_depends_on_seed_not_on_global_rng():
     c, _ = load_scalar_model("tiny-random-llama", seed=4)
     assert torch.equal(a.head.weight, b.head.weight)
     assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_packed_scoring_matches_the_padded_forward_and_its_gradients():
+    from alignkit.models.scoring import can_pack
+
+    lm, _ = tiny_random_llama(seed=4)
+    rm = ScalarHeadModel.from_causal_lm(lm)
+    ids = torch.tensor([[5, 6, 7, 8, 2], [9, 10, 2, 2, 2], [11, 12, 13, 2, 2]])
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
+    assert can_pack(rm.backbone, mask)
+    packed = rm.score(ids, mask)
+    padded = rm(ids, mask).gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)
+    assert torch.allclose(packed, padded, atol=1e-5)
+    packed.sum().backward()
+    grads = [p.grad.clone() for p in rm.parameters()]
+    rm.zero_grad()
+    padded = rm(ids, mask).gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)
+    padded.sum().backward()
+    for g, p in zip(grads, rm.parameters(), strict=True):
+        assert torch.allclose(g, p.grad, atol=1e-5)

@@ -352,3 +352,11 @@ def test_too_small_dataset_is_a_user_error(tmp_path):
 def test_epochs_define_the_length(tmp_path):
     _, result = fit(make_config(tmp_path, max_steps=None, num_epochs=2, batch_size=4), n=10)
     assert result.steps == 6  # ceil(10/4) = 3 batches per epoch
+
+
+def test_optimizer_uses_the_fused_adamw_kernel_on_cpu():
+    from alignkit.train.optim import build_optimizer, fused_adamw_supported
+
+    model = torch.nn.Linear(4, 4)
+    assert build_optimizer(model, TrainConfig()).defaults["fused"] is True
+    assert not fused_adamw_supported([torch.nn.Parameter(torch.zeros(2, device="meta"))])

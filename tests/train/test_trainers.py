@@ -143,3 +143,10 @@ def test_dpo_trains_in_bfloat16(tmp_path):
     result = DPOTrainer(cfg).train()
     assert result.nonfinite_skips == 0
     assert math.isfinite(result.train_metrics["loss"])
+
+
+def test_sft_with_packing_trains(tmp_path):
+    data = write_sft(tmp_path / "sft.jsonl", n=32)
+    cfg = SFTConfig(**common(tmp_path, data, max_steps=3, learning_rate=1e-3, packing=True))
+    result = SFTTrainer(cfg).train()
+    assert math.isfinite(result.train_metrics["loss"])

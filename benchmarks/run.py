@@ -249,9 +249,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", help="model name (default: per mode)")
     p.add_argument("--out", default=str(RESULTS), help="results folder ('' = do not write)")
     p.add_argument(
-        "--trl-fused-adamw",
+        "--trl-foreach-adamw",
         action="store_true",
-        help="also run TRL with its own default optimizer (fused AdamW) and compare",
+        help="also run TRL with the unfused (foreach) AdamW and compare",
     )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     # internal: one (workload, system) run in a child process
@@ -282,7 +282,7 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def run_benchmarks(
-    settings: Settings, workloads: list[str], timeout: float = 1800, trl_fused: bool = False
+    settings: Settings, workloads: list[str], timeout: float = 1800, trl_foreach: bool = False
 ) -> dict:
     """Run every (workload, system) pair; return records, comparisons and the matmul peak."""
     from benchmarks.systems import grpo_available
@@ -321,11 +321,11 @@ def run_benchmarks(
                         )
                 continue
             others = []
-            if trl_fused:
-                print(f"[bench] {workload} / trl (fused AdamW) ...", file=sys.stderr, flush=True)
-                variant = dataclasses.replace(settings, trl_optim="adamw_torch_fused")
+            if trl_foreach:
+                print(f"[bench] {workload} / trl (foreach AdamW) ...", file=sys.stderr, flush=True)
+                variant = dataclasses.replace(settings, trl_optim="adamw_torch")
                 other = run_child(workload, "trl", variant, data, workdir, timeout)
-                other["variant"] = "trl-fused-adamw"
+                other["variant"] = "trl-foreach-adamw"
                 other["trl_optim"] = variant.trl_optim
                 records.append(other)
                 if "error" not in other:
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run_benchmarks(settings, workloads, args.timeout, args.trl_fused_adamw)
+    result = run_benchmarks(settings, workloads, args.timeout, args.trl_foreach_adamw)
     print_report(result["records"], result["comparisons"], result["peak"])
     for workload, why in result["skipped"].items():
         print(f"{workload}: skipped ({why})")

@@ -10,6 +10,7 @@ token by token, and checkpoints everything a run needs to continue exactly.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from alignkit.config import ConfigValueError, option
-from alignkit.data import PromptExample, load_dataset_records
+from alignkit.data import PromptExample, load_dataset_records, train_eval_split
 from alignkit.errors import UserError
 from alignkit.guard import build_guard, build_kl_controller
 from alignkit.models.reference import ReferencePolicy
@@ -62,6 +63,9 @@ class OnlineConfig(TrainConfig):
         3, "Checkpoints kept on disk (rollback needs a good one).", min=1
     )
     log_every: int = option(1, "Write metrics every N iterations.", min=1)
+    eval_every: int = option(
+        0, "Answer the held-out prompts greedily every N iterations (0 = only at the end).", min=0
+    )
 
     # rewards
     reward_model: str | None = option(None, "A reward model folder written by `alignkit rm`.")
@@ -333,17 +337,49 @@ class OnlineTrainer:
             return self.cfg.max_steps
         return self.cfg.num_epochs * stream.batches_per_epoch
 
-    def load_prompts(self) -> list[PromptExample]:
-        return load_dataset_records(dataset_path(self.cfg.dataset, "prompt"), "prompt")
+    def load_prompts(self) -> tuple[list[PromptExample], list[PromptExample]]:
+        """Training prompts, and held-out ones (`eval_dataset`, or an `eval_fraction` split)."""
+        cfg = self.cfg
+        prompts = load_dataset_records(dataset_path(cfg.dataset, "prompt"), "prompt")
+        if cfg.eval_dataset:
+            return prompts, load_dataset_records(dataset_path(cfg.eval_dataset, "prompt"), "prompt")
+        return train_eval_split(prompts, cfg.eval_fraction, seed=cfg.seed)
+
+    @torch.no_grad()
+    def evaluate(self, prompts: list[PromptExample]) -> dict[str, Any]:
+        """Greedy answers to the held-out prompts, scored by the reward (and the gold reward):
+        `eval_objective/scores`, `eval_gold/score`, per user group and their gap."""
+        texts, groups = [], []
+        greedy = dataclasses.replace(self.sampling, do_sample=False)
+        for start in range(0, len(prompts), self.cfg.batch_size):
+            chunk = prompts[start : start + self.cfg.batch_size]
+            rollout = sample(
+                self.policy_module(), self.tokenizer, [p.prompt for p in chunk], greedy,
+                max_prompt_length=self.cfg.max_prompt_length,
+            )  # fmt: skip
+            texts += rollout.texts
+            groups += [p.group for p in chunk]
+        questions = [p.prompt for p in prompts]
+        scores = self.reward_fn(questions, texts).scores
+        metrics = {"eval_objective/scores": float(scores.mean())}
+        metrics.update(group_figures(scores, groups, prefix="eval_objective/scores"))
+        if self.gold_fn is not None:
+            gold = self.gold_fn(questions, texts).scores
+            metrics["eval_gold/score"] = float(gold.mean())
+            metrics.update(group_figures(gold, groups, prefix="eval_gold/score"))
+        metrics["eval_completions/mean_words"] = sum(len(t.split()) for t in texts) / len(texts)
+        return self.engine.log(metrics, reduce=False)
 
     def train(self) -> OnlineResult:
         cfg = self.cfg
         self.engine = engine = Engine(cfg, self.trainable_module(), **self.save_hooks())
         self.reference = ReferencePolicy(self.policy_module())
+        train_prompts, eval_prompts = self.load_prompts()
         stream = PromptStream(
-            self.load_prompts(), cfg.batch_size, cfg.seed,
+            train_prompts, cfg.batch_size, cfg.seed,
             engine.accelerator.num_processes, engine.accelerator.process_index,
         )  # fmt: skip
+        eval_metrics: dict[str, Any] = {}
         iterations = self.iterations(stream)
         engine.set_total_steps(iterations * self.updates_per_iteration())
         engine.register_state("kl_controller", self.kl_controller)
@@ -396,11 +432,15 @@ class OnlineTrainer:
                     iteration = self.rollback(decision)
                     bar.n = iteration
                     continue
+                if eval_prompts and cfg.eval_every and iteration % cfg.eval_every == 0:
+                    eval_metrics = self.evaluate(eval_prompts)
                 if cfg.save_every and iteration % cfg.save_every == 0 and iteration < iterations:
                     self.guard.mark_good(engine.state.step)
                     engine.save_checkpoint()
         finally:
             bar.close()
+        if eval_prompts and not (cfg.eval_every and iteration % cfg.eval_every == 0):
+            eval_metrics = self.evaluate(eval_prompts)
         self.guard.mark_good(engine.state.step)
         checkpoint = engine.save_checkpoint()
         model_dir = engine.save_model(Path(cfg.output_dir) / "model")
@@ -410,6 +450,7 @@ class OnlineTrainer:
             steps=iteration,
             optimizer_steps=engine.state.step,
             train_metrics=last_record,
+            eval_metrics=eval_metrics,
             checkpoint=checkpoint,
             model_dir=model_dir,
             nonfinite_skips=engine.state.nonfinite_total,

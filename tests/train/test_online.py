@@ -198,3 +198,20 @@ def test_ppo_ptx_mixes_in_the_sft_loss(tmp_path, rewards):
     PPOTrainer(cfg).train()
     last = metrics(cfg)[-1]
     assert last["ptx/loss"] > 0 and "policy/entropy" in last
+
+
+def test_held_out_prompts_are_answered_greedily_and_scored(tmp_path, rewards):
+    cfg = GRPOConfig(**settings(tmp_path, rewards, max_steps=4, batch_size=4, num_generations=2,
+                                eval_fraction=0.1, eval_every=2,
+                                gold_reward={"reward_functions": [f"{rewards}:concise"]}))  # fmt: skip
+    result = GRPOTrainer(cfg).train()
+    evals = [
+        r for r in read_jsonl(f"{cfg.output_dir}/metrics.jsonl") if "eval_objective/scores" in r
+    ]
+    assert [r["step"] for r in evals] == [2, 4]  # optimizer steps after iterations 2 and 4
+    assert {
+        "eval_gold/score",
+        "eval_objective/scores/concise",
+        "eval_objective/scores/group_gap",
+    } <= set(evals[-1])
+    assert result.eval_metrics["eval_objective/scores"] == evals[-1]["eval_objective/scores"]

@@ -289,7 +289,10 @@ def tokenize_records(
 # ----------------------------------------------------------------------------- collators
 
 
-def _pad(seqs: Sequence[Sequence[int]], value: int, length: int, *, left: bool = False):
+def pad_sequences(
+    seqs: Sequence[Sequence[int]], value: int, length: int, *, left: bool = False
+) -> torch.Tensor:
+    """Token lists as one [len(seqs), length] tensor, padded with `value` on the right (or left)."""
     out = torch.full((len(seqs), length), value, dtype=torch.long)
     for i, s in enumerate(seqs):
         if not s:
@@ -332,9 +335,9 @@ class PreferenceCollator:
         length = _target_length(seqs, self.pad_to_multiple_of)
         margins = [f.get("margin") for f in features]
         return {
-            "input_ids": _pad(seqs, self.pad_token_id, length),
-            "attention_mask": _pad([[1] * len(s) for s in seqs], 0, length),
-            "labels": _pad(labels, IGNORE_INDEX, length),
+            "input_ids": pad_sequences(seqs, self.pad_token_id, length),
+            "attention_mask": pad_sequences([[1] * len(s) for s in seqs], 0, length),
+            "labels": pad_sequences(labels, IGNORE_INDEX, length),
             "margin": torch.tensor([m or 0.0 for m in margins], dtype=torch.float),
             "has_margin": torch.tensor([m is not None for m in margins], dtype=torch.bool),
             "group": [f.get("group") for f in features],
@@ -361,13 +364,13 @@ class SFTCollator:
         seqs = [f["input_ids"] for f in features]
         length = _target_length(seqs, self.pad_to_multiple_of)
         batch = {
-            "input_ids": _pad(seqs, self.pad_token_id, length),
-            "attention_mask": _pad([[1] * len(s) for s in seqs], 0, length),
-            "labels": _pad([f["labels"] for f in features], IGNORE_INDEX, length),
+            "input_ids": pad_sequences(seqs, self.pad_token_id, length),
+            "attention_mask": pad_sequences([[1] * len(s) for s in seqs], 0, length),
+            "labels": pad_sequences([f["labels"] for f in features], IGNORE_INDEX, length),
             "group": [f.get("group") for f in features],
         }
         if all("position_ids" in f for f in features):
-            batch["position_ids"] = _pad([f["position_ids"] for f in features], 0, length)
+            batch["position_ids"] = pad_sequences([f["position_ids"] for f in features], 0, length)
         return batch
 
 
@@ -388,8 +391,8 @@ class PromptCollator:
         seqs = [f["input_ids"] for f in features]
         length = _target_length(seqs, self.pad_to_multiple_of)
         return {
-            "input_ids": _pad(seqs, self.pad_token_id, length, left=True),
-            "attention_mask": _pad([[1] * len(s) for s in seqs], 0, length, left=True),
+            "input_ids": pad_sequences(seqs, self.pad_token_id, length, left=True),
+            "attention_mask": pad_sequences([[1] * len(s) for s in seqs], 0, length, left=True),
             "prompt": [f.get("prompt") for f in features],
             "prompt_text": [f.get("prompt_text") for f in features],
             "group": [f.get("group") for f in features],

@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.records import Text
-from alignkit.data.tokenization import encode_prompt
+from alignkit.data.tokenization import encode_prompt, pad_sequences
 
 
 @dataclass
@@ -39,13 +39,10 @@ class Rollout:
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts left-padded for generation, and their attention mask."""
     length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, length - len(s) :] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, length - len(s) :] = 1
+    ids = pad_sequences(seqs, pad_token_id, length, left=True)
+    mask = pad_sequences([[1] * len(s) for s in seqs], 0, length, left=True)
     return ids, mask
 
 

@@ -136,7 +136,7 @@ def _as_float(value: Any) -> float:
     return float(value)
 
 
-def _mean_dicts(records: list[dict[str, float]]) -> dict[str, float]:
+def mean_dicts(records: list[dict[str, float]]) -> dict[str, float]:
     """Per-key means over the records that have the key (keys in sorted order)."""
     keys = sorted({k for r in records for k in r})
     return {
@@ -311,7 +311,7 @@ class Engine:
             self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.state.step += 1
-        means = _mean_dicts(window)
+        means = mean_dicts(window)
         if nonfinite:
             self.state.nonfinite_total += 1
             self.state.nonfinite_consecutive += 1
@@ -371,7 +371,7 @@ class Engine:
         buffer, self._log_buffer = self._log_buffer, []
         if not buffer:
             return None
-        means = _mean_dicts(buffer)
+        means = mean_dicts(buffer)
         ordered = {"loss": means.pop("loss")} if "loss" in means else {}
         ordered.update(means)
         self.last_train_record = self.log(ordered, epoch=epoch)

@@ -24,6 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from alignkit.config import ConfigValueError, option
 from alignkit.data import PromptExample, load_dataset_records, train_eval_split
+from alignkit.data.tokenization import pad_sequences
 from alignkit.errors import UserError
 from alignkit.guard import build_guard, build_kl_controller
 from alignkit.models.reference import ReferencePolicy
@@ -34,7 +35,7 @@ from alignkit.rewards.base import RewardOutput
 from alignkit.rollout.sampling import Rollout, SamplingConfig, sample
 from alignkit.train.common import dataset_path, policy_and_tokenizer
 from alignkit.train.config import TrainConfig
-from alignkit.train.engine import Engine
+from alignkit.train.engine import Engine, mean_dicts
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
@@ -153,13 +154,9 @@ def assemble(rollout: Rollout, pad_token_id: int, eos_token_id: int) -> Sequence
         lengths.append(n)
         ended.append(n < rollout.response_ids.shape[1] or (n > 0 and response[-1] == eos_token_id))
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    label_ids = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (row, lab) in enumerate(zip(rows, labels, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        label_ids[i, : len(lab)] = torch.tensor(lab)
-        mask[i, : len(row)] = 1
+    input_ids = pad_sequences(rows, pad_token_id, width)
+    label_ids = pad_sequences(labels, IGNORE_INDEX, width)
+    mask = pad_sequences([[1] * len(r) for r in rows], 0, width)
     return Sequences(
         input_ids, mask, label_ids, torch.tensor(lengths), torch.tensor(ended, dtype=torch.bool)
     )
@@ -401,7 +398,7 @@ class OnlineTrainer:
                 step_metrics = self.update(experience, iteration)
                 iteration += 1
                 engine.state.extra["iteration"] = iteration
-                metrics.update(mean_metrics(step_metrics))
+                metrics.update(mean_dicts(step_metrics))
                 metrics["objective/beta"] = self.kl_controller.value
                 metrics["iteration"] = iteration
                 metrics = reduce_across_processes(engine, metrics)
@@ -525,13 +522,6 @@ def reduce_across_processes(engine: Engine, metrics: dict[str, float]) -> dict[s
     )
     totals = engine.accelerator.reduce(torch.stack([values * present, present]), reduction="sum")
     return {k: float(totals[0, i] / totals[1, i]) for i, k in enumerate(keys)}
-
-
-def mean_metrics(records: list[dict[str, float]]) -> dict[str, float]:
-    keys = {k for r in records for k in r}
-    return {
-        k: sum(r[k] for r in records if k in r) / sum(1 for r in records if k in r) for k in keys
-    }
 
 
 def group_figures(

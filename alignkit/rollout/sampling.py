@@ -20,6 +20,7 @@ from alignkit.data.tokenization import encode_prompt, pad_sequences
 @dataclass
 class SamplingConfig:
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # EOS is held back until this many tokens were sampled
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
@@ -125,6 +126,7 @@ def sample(
                 input_ids=prompt_ids.to(device),
                 attention_mask=prompt_mask.to(device),
                 max_new_tokens=config.max_new_tokens,
+                min_new_tokens=config.min_new_tokens or None,
                 do_sample=config.do_sample,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=tokenizer.eos_token_id,

@@ -90,6 +90,9 @@ class OnlineConfig(TrainConfig):
 
     # sampling
     max_new_tokens: int = option(48, "Longest response sampled.", min=1)
+    min_new_tokens: int = option(
+        0, "Shortest response sampled: EOS is held back until then (0 = off).", min=0
+    )
     temperature: float = option(1.0, "Sampling temperature.", gt=0)
     top_p: float = option(1.0, "Nucleus sampling.", gt=0, max=1)
     top_k: int = option(0, "Top-k sampling (0 = off).", min=0)
@@ -233,6 +236,7 @@ class OnlineTrainer:
         self.guard = build_guard(config.guard)
         self.sampling = SamplingConfig(
             max_new_tokens=config.max_new_tokens,
+            min_new_tokens=config.min_new_tokens,
             temperature=config.temperature,
             top_p=config.top_p,
             top_k=config.top_k,

@@ -77,3 +77,16 @@ def test_long_prompt_keeps_its_end():
     )
     assert out.prompt_ids.shape[1] == 8
     assert tok.decode(out.prompt_ids[0]).endswith("END")
+
+
+def test_min_new_tokens_holds_back_eos():
+    model, tok = tiny_random_llama(seed=1)
+    model.generation_config.eos_token_id = None
+    # make EOS the likeliest token everywhere: without min_new_tokens every answer stops at once
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[tok.eos_token_id] = 100.0
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    free = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=6), seed=3)
+    assert free.response_mask.sum(1).tolist() == [1, 1, 1]
+    held = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=6, min_new_tokens=6), seed=3)
+    assert held.response_mask.sum(1).tolist() == [6, 6, 6]

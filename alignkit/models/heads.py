@@ -22,8 +22,9 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.errors import UserError
+from alignkit.models.attention import packed_attention_kwargs
 from alignkit.models.loading import load_causal_lm
-from alignkit.models.scoring import can_pack, pack_rows
+from alignkit.models.scoring import can_pack, pack_rows, unwrap_model
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
@@ -85,7 +86,10 @@ class ScalarHeadModel(nn.Module):
         if can_pack(self.backbone, attention_mask):
             packed_ids, position_ids, packed_index = pack_rows(input_ids, attention_mask)
             hidden = self.backbone(
-                input_ids=packed_ids, position_ids=position_ids, use_cache=False
+                input_ids=packed_ids,
+                position_ids=position_ids,
+                use_cache=False,
+                **packed_attention_kwargs(unwrap_model(self.backbone).config, position_ids),
             ).last_hidden_state[0]
             rows = packed_index.gather(1, last.unsqueeze(1)).squeeze(1)
             return self.head(hidden[rows].to(self.head.weight.dtype)).squeeze(-1)

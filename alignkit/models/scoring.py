@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignkit.models.attention import packed_attention_kwargs
 from alignkit.ops.logprobs import entropy_from_logits, token_logprobs
 
 IGNORE_INDEX = -100
@@ -25,7 +26,9 @@ def _forward_takes_logits_to_keep(model_class: type) -> bool:
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
-def _unwrapped(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside ReferencePolicy, DistributedDataParallel and PEFT
+    wrappers."""
     inner = getattr(model, "network", model)  # ReferencePolicy
     inner = getattr(inner, "module", inner)  # DistributedDataParallel
     if hasattr(inner, "get_base_model"):  # peft.PeftModel
@@ -36,7 +39,7 @@ def _unwrapped(model: nn.Module) -> nn.Module:
 def supports_logits_to_keep(model: nn.Module) -> bool:
     """Whether the (possibly DDP- or PEFT-wrapped) causal LM can skip the vocabulary
     projection for leading positions."""
-    return _forward_takes_logits_to_keep(type(_unwrapped(model)))
+    return _forward_takes_logits_to_keep(type(unwrap_model(model)))
 
 
 # Decoders whose forward turns restarting `position_ids` (with no attention mask and no cache)
@@ -49,7 +52,7 @@ def packs_sequences(model: nn.Module) -> bool:
     """Whether the (possibly DDP-, PEFT- or ReferencePolicy-wrapped) decoder or causal LM
     masks packed sequences block-diagonally from restarting position ids (rotary positions,
     transformers' packed-sequence detection)."""
-    inner = _unwrapped(model)
+    inner = unwrap_model(model)
     config = getattr(inner, "config", None)
     if getattr(config, "model_type", None) not in _PADDING_FREE_MODEL_TYPES:
         return False
@@ -121,7 +124,11 @@ def _padding_free_logprobs(
     packed_ids, position_ids, packed_index = pack_rows(input_ids, attention_mask)
     keep = packed_index[:, :-1][mask]  # packed positions that predict a label, row-major
     logits = model(
-        input_ids=packed_ids, position_ids=position_ids, logits_to_keep=keep, use_cache=False
+        input_ids=packed_ids,
+        position_ids=position_ids,
+        logits_to_keep=keep,
+        use_cache=False,
+        **packed_attention_kwargs(unwrap_model(model).config, position_ids),
     ).logits
     logps = token_logprobs(
         logits, targets[mask].unsqueeze(0), ignore_index=IGNORE_INDEX, temperature=temperature

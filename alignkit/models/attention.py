@@ -1,0 +1,104 @@
+"""Attention over packed rows that never looks across sequences (varlen attention for SDPA).
+
+Padding-free scoring runs a batch as ONE row of its real tokens with position ids restarting
+at 0 for each sequence. transformers' SDPA path turns that into a dense block-diagonal
+[N, N] mask, and the attention kernel then computes every (query, key) pair of the row,
+masked ones included: for a DPO batch of 8 sequences of 250 tokens that is 8× the useful
+attention work, and the forward and backward of SmolLM2-135M take twice as long as they
+need to. Flash-attention kernels take the sequence boundaries instead (`cu_seq_lens`); on
+the CPU there is none, so :func:`packed_sdpa_attention` splits the row at the boundaries and
+runs causal SDPA on each sequence: the same values, and only the work a padded batch would
+have done on its real tokens.
+
+It is registered with transformers as ``"alignkit_sdpa"``: exactly SDPA (same mask, same
+function) unless a forward pass carries `cu_seq_lens_q` (the flash-attention keyword that
+transformers forwards to every attention layer), so generation, caches and padded batches
+are untouched.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface, PretrainedConfig
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+PACKED_SDPA = "alignkit_sdpa"
+# Implementations that read `cu_seq_lens_q` / `cu_seq_lens_k` themselves.
+_VARLEN_IMPLEMENTATIONS = frozenset(
+    {PACKED_SDPA, "flash_attention_2", "flash_attention_3", "flash_attention_4"}
+)
+
+
+def packed_sdpa_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Causal attention within each packed sequence, softmax(q_i K_jᵀ·scale) V_j for j ≤ i in
+    the same sequence; plain SDPA when the call carries no sequence boundaries.
+
+    query [1, H, N, d], key/value [1, H_kv, N, d] (grouped-query heads allowed); the
+    boundaries are `cu_seq_lens_q` = [0, n_1, n_1+n_2, ..., N]. Returns [1, N, H, d] like
+    transformers' attention functions.
+    """
+    boundaries = kwargs.get("cu_seq_lens_q")
+    if boundaries is None or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    lengths = boundaries.diff().tolist()
+    grouped = key.shape[1] != query.shape[1]
+    outputs = [
+        F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            dropout_p=dropout if module.training else 0.0,
+            is_causal=True,
+            scale=scaling,
+            enable_gqa=grouped,
+        )
+        for q, k, v in zip(
+            query.split(lengths, dim=2),
+            key.split(lengths, dim=2),
+            value.split(lengths, dim=2),
+            strict=True,
+        )
+    ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
+ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, sdpa_mask)
+
+
+def packed_attention_kwargs(config: PretrainedConfig, position_ids: torch.Tensor) -> dict:
+    """The keywords that make the model with this `config` attend within each sequence of a
+    packed row.
+
+    `position_ids` [1, N] restart at 0 where a sequence starts. A model on SDPA is switched to
+    ``"alignkit_sdpa"`` (same results everywhere else); a flash-attention model reads the same
+    keywords; any other model gets none and relies on transformers' block-diagonal mask.
+    """
+    if config._attn_implementation == "sdpa":
+        config._attn_implementation = PACKED_SDPA
+    if config._attn_implementation not in _VARLEN_IMPLEMENTATIONS:
+        return {}
+    starts = torch.nonzero(position_ids[0] == 0).flatten()
+    total = torch.tensor([position_ids.shape[1]], device=starts.device)
+    boundaries = torch.cat([starts, total]).to(torch.int32)
+    longest = int(boundaries.diff().max())
+    return {
+        "cu_seq_lens_q": boundaries,
+        "cu_seq_lens_k": boundaries,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }

@@ -49,6 +49,9 @@ def packed_sdpa_attention(
     boundaries are `cu_seq_lens_q` = [0, n_1, n_1+n_2, ..., N]. Returns [1, N, H, d] like
     transformers' attention functions.
     """
+    segments = kwargs.get("shared_prompt_segments")
+    if segments is not None:
+        return _shared_prompt_attention(module, query, key, value, segments, dropout, scaling)
     boundaries = kwargs.get("cu_seq_lens_q")
     if boundaries is None or query.shape[0] != 1 or key.shape[2] != query.shape[2]:
         return sdpa_attention_forward(
@@ -73,6 +76,52 @@ def packed_sdpa_attention(
             strict=True,
         )
     ]
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _shared_prompt_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: list[tuple[int, int, int]],
+    dropout: float,
+    scaling: float | None,
+) -> tuple[torch.Tensor, None]:
+    """Attention over a row of preference pairs laid out as prompt | chosen | rejected, each
+    prompt once (:func:`alignkit.models.scoring.pack_pairs`).
+
+    Prompt and chosen response attend causally to themselves; the rejected response attends
+    to the whole prompt and causally to itself, never to the chosen response: what each
+    sequence sees in its own row, so every score equals the unshared one.
+    """
+    grouped = key.shape[1] != query.shape[1]
+    p_drop = dropout if module.training else 0.0
+
+    def attend(q, k, v, **mask):
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=p_drop, scale=scaling, enable_gqa=grouped, **mask
+        )
+
+    outputs = []
+    start = 0
+    for prompt, chosen, rejected in segments:
+        first = slice(start, start + prompt + chosen)
+        outputs.append(
+            attend(query[:, :, first], key[:, :, first], value[:, :, first], is_causal=True)
+        )
+        if rejected:
+            own = slice(start + prompt + chosen, start + prompt + chosen + rejected)
+            sees = torch.ones(rejected, prompt + rejected, dtype=torch.bool, device=query.device)
+            outputs.append(
+                attend(
+                    query[:, :, own],
+                    torch.cat([key[:, :, start : start + prompt], key[:, :, own]], dim=2),
+                    torch.cat([value[:, :, start : start + prompt], value[:, :, own]], dim=2),
+                    attn_mask=sees.tril(diagonal=prompt),
+                )
+            )
+        start += prompt + chosen + rejected
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -102,3 +151,16 @@ def packed_attention_kwargs(config: PretrainedConfig, position_ids: torch.Tensor
         "max_length_q": longest,
         "max_length_k": longest,
     }
+
+
+def shared_prompt_attention_kwargs(
+    config: PretrainedConfig, segments: list[tuple[int, int, int]]
+) -> dict | None:
+    """The keywords for a row of pairs sharing their prompts (see
+    :func:`_shared_prompt_attention`), or None when this model's attention cannot take it
+    (only ``"alignkit_sdpa"`` can; a model on SDPA is switched to it)."""
+    if config._attn_implementation == "sdpa":
+        config._attn_implementation = PACKED_SDPA
+    if config._attn_implementation != PACKED_SDPA:
+        return None
+    return {"shared_prompt_segments": segments}

@@ -22,9 +22,8 @@ from torch import nn
 from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.errors import UserError
-from alignkit.models.attention import packed_attention_kwargs
 from alignkit.models.loading import load_causal_lm
-from alignkit.models.scoring import can_pack, pack_rows, unwrap_model
+from alignkit.models.scoring import pack_batch
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
@@ -75,23 +74,33 @@ class ScalarHeadModel(nn.Module):
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1)
 
-    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def score(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        pair_prompt_lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One scalar per sequence, read at its last attended token (left or right padding).
 
         A padded batch on a Llama-family backbone runs as one packed row of its real tokens
-        (restarting position ids, attention block-diagonal), so no pad token goes through the
-        network and the head reads one hidden state per sequence.
+        (restarting position ids, each sequence attending to itself), so no pad token goes
+        through the network and the head reads one hidden state per sequence. With
+        `pair_prompt_lengths` [B/2] (rows i and B/2+i are a preference pair opening with the
+        same prompt of that many tokens) each prompt runs through the network once.
         """
         last = last_token_index(attention_mask)
-        if can_pack(self.backbone, attention_mask):
-            packed_ids, position_ids, packed_index = pack_rows(input_ids, attention_mask)
+        packed = pack_batch(
+            self.backbone, input_ids, attention_mask, pair_prompt_lengths=pair_prompt_lengths
+        )
+        if packed is not None:
             hidden = self.backbone(
-                input_ids=packed_ids,
-                position_ids=position_ids,
+                input_ids=packed.input_ids,
+                position_ids=packed.position_ids,
                 use_cache=False,
-                **packed_attention_kwargs(unwrap_model(self.backbone).config, position_ids),
+                **packed.forward_kwargs,
             ).last_hidden_state[0]
-            rows = packed_index.gather(1, last.unsqueeze(1)).squeeze(1)
+            rows = packed.index.gather(1, last.unsqueeze(1)).squeeze(1)
             return self.head(hidden[rows].to(self.head.weight.dtype)).squeeze(-1)
         values = self(input_ids, attention_mask)
         return values.gather(1, last.unsqueeze(1)).squeeze(1)

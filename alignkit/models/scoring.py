@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignkit.models.attention import packed_attention_kwargs
+from alignkit.models.attention import packed_attention_kwargs, shared_prompt_attention_kwargs
 from alignkit.ops.logprobs import entropy_from_logits, token_logprobs
 
 IGNORE_INDEX = -100
@@ -71,10 +72,15 @@ def supports_padding_free(model: nn.Module) -> bool:
 
 def _packable(attention_mask: torch.Tensor, mask: torch.Tensor) -> bool:
     """Padding to remove, each row's real tokens contiguous, every label on a real token."""
-    if not bool(mask.any()) or not _padded_and_contiguous(attention_mask):
+    return _padded_and_contiguous(attention_mask) and _labels_on_real_tokens(attention_mask, mask)
+
+
+def _labels_on_real_tokens(attention_mask: torch.Tensor, mask: torch.Tensor) -> bool:
+    """Some label, and every label predicted from a real token: position t predicts token
+    t+1, both must be real."""
+    if not bool(mask.any()):
         return False
     real = attention_mask.bool()
-    # position t predicts token t+1: both must be real
     return not bool((mask & ~(real[:, :-1] & real[:, 1:])).any())
 
 
@@ -92,43 +98,128 @@ def pack_rows(
     return packed_ids, position_ids, packed_index
 
 
-def _padded_and_contiguous(attention_mask: torch.Tensor) -> bool:
-    """Some padding to remove, and each row's real tokens in one contiguous run."""
+def pack_pairs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int, int]]] | None:
+    """Preference pairs as one packed row with each prompt in it ONCE.
+
+    Rows i and B+i of the [2B, T] batch are the chosen and rejected sequences of pair i and
+    both begin with the same `prompt_lengths[i]` tokens. Pair i becomes prompt, chosen
+    response, rejected response, one after the other; the rejected response's position ids
+    continue from the prompt (P, P+1, ...) as they would in its own row. Returns the packed
+    ids [1, N], position ids [1, N], where each real (row, column) landed [2B, T] (the
+    rejected row's prompt columns point at the shared prompt), and (P, C, R) per pair: prompt,
+    chosen and rejected response lengths, which the attention needs to let the rejected
+    response see the prompt but not the chosen response. None when the rows are not
+    contiguous or a pair's prompts differ.
+    """
     real = attention_mask.bool()
-    if bool(real.all()):
-        return False
+    rows = real.shape[0]
+    if rows % 2 or not _contiguous(real):
+        return None
+    pairs = rows // 2
+    starts = real.long().argmax(1).tolist()
+    lengths = real.sum(1).tolist()
+    pieces, positions, segments = [], [], []
+    index = torch.zeros_like(input_ids)
+    offset = 0
+    for i, prompt in enumerate(prompt_lengths.tolist()):
+        c, r = i, pairs + i
+        chosen = input_ids[c, starts[c] : starts[c] + lengths[c]]
+        rejected = input_ids[r, starts[r] : starts[r] + lengths[r]]
+        if not 0 < prompt <= min(lengths[c], lengths[r]):
+            return None
+        if not torch.equal(chosen[:prompt], rejected[:prompt]):
+            return None
+        n_chosen, n_rejected = lengths[c] - prompt, lengths[r] - prompt
+        pieces += [chosen, rejected[prompt:]]
+        positions += [torch.arange(lengths[c]), torch.arange(prompt, lengths[r])]
+        index[c, starts[c] : starts[c] + lengths[c]] = torch.arange(offset, offset + lengths[c])
+        index[r, starts[r] : starts[r] + prompt] = torch.arange(offset, offset + prompt)
+        rejected_at = offset + lengths[c]
+        index[r, starts[r] + prompt : starts[r] + lengths[r]] = torch.arange(
+            rejected_at, rejected_at + n_rejected
+        )
+        segments.append((prompt, n_chosen, n_rejected))
+        offset = rejected_at + n_rejected
+    packed_ids = torch.cat(pieces).unsqueeze(0)
+    position_ids = torch.cat(positions).to(input_ids.device).unsqueeze(0)
+    return packed_ids, position_ids, index, segments
+
+
+class PackedBatch(NamedTuple):
+    """A batch as one row of its real tokens, and the keywords the forward pass needs."""
+
+    input_ids: torch.Tensor  # [1, N]
+    position_ids: torch.Tensor  # [1, N]
+    index: torch.Tensor  # [B, T]: where each real (row, column) of the batch landed
+    forward_kwargs: dict[str, Any]
+
+
+def pack_batch(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    pair_prompt_lengths: torch.Tensor | None = None,
+) -> PackedBatch | None:
+    """The packed form of a batch for this decoder, or None when it should run padded.
+
+    With `pair_prompt_lengths` (the batch is chosen rows then rejected rows, pair i's two
+    rows opening with the same prompt of that many tokens) and an attention that can share
+    prompts, each prompt runs through the network once (:func:`pack_pairs`); otherwise a
+    padded batch packs its real tokens (:func:`pack_rows`) and each sequence attends to
+    itself only.
+    """
+    if not packs_sequences(model):
+        return None
+    config = unwrap_model(model).config
+    if pair_prompt_lengths is not None:
+        pairs = pack_pairs(input_ids, attention_mask, pair_prompt_lengths)
+        kwargs = shared_prompt_attention_kwargs(config, pairs[3]) if pairs else None
+        if kwargs is not None:
+            return PackedBatch(*pairs[:3], kwargs)
+    if not _padded_and_contiguous(attention_mask):
+        return None
+    packed_ids, position_ids, index = pack_rows(input_ids, attention_mask)
+    return PackedBatch(
+        packed_ids, position_ids, index, packed_attention_kwargs(config, position_ids)
+    )
+
+
+def _contiguous(real: torch.Tensor) -> bool:
+    """Each row's real tokens in one run (padding only before or after)."""
     starts = (real[:, 1:] & ~real[:, :-1]).sum(1) + real[:, 0].long()
     return not bool((starts > 1).any())
 
 
-def can_pack(model: nn.Module, attention_mask: torch.Tensor) -> bool:
-    """Whether a batch for this decoder (no LM head needed) can run as one packed row."""
-    return _padded_and_contiguous(attention_mask) and packs_sequences(model)
+def _padded_and_contiguous(attention_mask: torch.Tensor) -> bool:
+    """Some padding to remove, and each row's real tokens in one contiguous run."""
+    real = attention_mask.bool()
+    return not bool(real.all()) and _contiguous(real)
 
 
 def _padding_free_logprobs(
     model: nn.Module,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    packed: PackedBatch,
     targets: torch.Tensor,
     mask: torch.Tensor,
     temperature: float,
 ) -> torch.Tensor:
-    """Score a right/left-padded batch as ONE packed row of its real tokens.
+    """Score a batch from its packed row (:func:`pack_batch`).
 
-    Position ids restart at 0 for each sequence and no attention mask is passed, so the model
-    masks attention block-diagonally (no token attends across sequences) and no pad token
-    goes through any layer. The vocabulary projection runs only on the positions that predict
-    a label (`logits_to_keep` as an index tensor). Returns token log-probs [B, T-1].
+    No pad token goes through any layer and no token attends across sequences. The
+    vocabulary projection runs only on the positions that predict a label (`logits_to_keep`
+    as an index tensor; a shared prompt's last position predicts both responses' first
+    token). Returns token log-probs [B, T-1].
     """
-    packed_ids, position_ids, packed_index = pack_rows(input_ids, attention_mask)
-    keep = packed_index[:, :-1][mask]  # packed positions that predict a label, row-major
+    keep = packed.index[:, :-1][mask]  # packed positions that predict a label, row-major
     logits = model(
-        input_ids=packed_ids,
-        position_ids=position_ids,
+        input_ids=packed.input_ids,
+        position_ids=packed.position_ids,
         logits_to_keep=keep,
         use_cache=False,
-        **packed_attention_kwargs(unwrap_model(model).config, position_ids),
+        **packed.forward_kwargs,
     ).logits
     logps = token_logprobs(
         logits, targets[mask].unsqueeze(0), ignore_index=IGNORE_INDEX, temperature=temperature
@@ -143,14 +234,22 @@ def labelled_token_logprobs(
     labels: torch.Tensor,
     *,
     temperature: float = 1.0,
+    pair_prompt_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_t | y_<t) for every labelled token, in one forward pass.
 
     Returns `(token_logps [B, T-1], mask [B, T-1])`, where position t scores `input_ids[:, t+1]`
     and the mask is 1 where the label is not -100 (prompt and padding are 0).
+    `pair_prompt_lengths` [B/2]: rows i and B/2+i are a preference pair opening with the same
+    prompt of that many tokens, which then runs through the network once.
     """
     logps, mask, _ = labelled_token_stats(
-        model, input_ids, attention_mask, labels, temperature=temperature
+        model,
+        input_ids,
+        attention_mask,
+        labels,
+        temperature=temperature,
+        pair_prompt_lengths=pair_prompt_lengths,
     )
     return logps, mask
 
@@ -163,6 +262,7 @@ def labelled_token_stats(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    pair_prompt_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Like :func:`labelled_token_logprobs`, plus the policy's entropy at each position
     (H(π(·|y_<t)) at temperature τ, [B, T-1], 0 before the first labelled column) when asked.
@@ -176,12 +276,22 @@ def labelled_token_stats(
     with restarting position ids, so no pad token goes through the network, and the
     vocabulary projection runs only on the positions that predict a label (DPO pairs on the
     demo data: 35% of a padded batch is padding, and 1 position in 3 after the prompt
-    predicts a label). Same values up to float rounding; the entropy path keeps the padded
-    layout.
+    predicts a label). With `pair_prompt_lengths`, each pair's prompt is in that row once
+    and both responses attend to it (the demo's pairs: 94 tokens a pair become 61). Same
+    values up to float rounding; the entropy path keeps the padded layout.
     """
     targets, mask = shifted_labels(labels)
-    if not with_entropy and supports_padding_free(model) and _packable(attention_mask, mask):
-        logps = _padding_free_logprobs(model, input_ids, attention_mask, targets, mask, temperature)
+    packed = None
+    if (
+        not with_entropy
+        and supports_logits_to_keep(model)
+        and _labels_on_real_tokens(attention_mask, mask)
+    ):
+        packed = pack_batch(
+            model, input_ids, attention_mask, pair_prompt_lengths=pair_prompt_lengths
+        )
+    if packed is not None:
+        logps = _padding_free_logprobs(model, packed, targets, mask, temperature)
         return logps, mask, None
     width = targets.shape[1]
     labelled_columns = mask.any(dim=0)

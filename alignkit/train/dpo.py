@@ -75,9 +75,14 @@ class DPOConfig(TrainConfig):
 def pair_logps(
     model: nn.Module, batch: dict[str, Any], *, average: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequence log-probs of the chosen and rejected halves from ONE forward pass."""
+    """Sequence log-probs of the chosen and rejected halves from ONE forward pass, each
+    pair's prompt run through the network once where the model allows it."""
     token_logps, mask = labelled_token_logprobs(
-        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+        pair_prompt_lengths=batch.get("prompt_lengths"),
     )
     logps = sequence_logprobs(token_logps, mask, average=average)
     half = logps.shape[0] // 2

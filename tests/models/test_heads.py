@@ -91,13 +91,13 @@ def test_fresh_head_depends_on_seed_not_on_global_rng():
 
 
 def test_packed_scoring_matches_the_padded_forward_and_its_gradients():
-    from alignkit.models.scoring import can_pack
+    from alignkit.models.scoring import pack_batch
 
     lm, _ = tiny_random_llama(seed=4)
     rm = ScalarHeadModel.from_causal_lm(lm)
     ids = torch.tensor([[5, 6, 7, 8, 2], [9, 10, 2, 2, 2], [11, 12, 13, 2, 2]])
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]])
-    assert can_pack(rm.backbone, mask)
+    assert pack_batch(rm.backbone, ids, mask) is not None
     packed = rm.score(ids, mask)
     padded = rm(ids, mask).gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)
     assert torch.allclose(packed, padded, atol=1e-5)

@@ -84,16 +84,16 @@ def _shared_prompt_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    segments: list[tuple[int, int, int]],
+    segments: list[tuple[int, tuple[int, ...]]],
     dropout: float,
     scaling: float | None,
 ) -> tuple[torch.Tensor, None]:
-    """Attention over a row of preference pairs laid out as prompt | chosen | rejected, each
-    prompt once (:func:`alignkit.models.scoring.pack_pairs`).
+    """Attention over a row of groups laid out as prompt | response 1 | response 2 | ...,
+    each prompt once (:func:`alignkit.models.scoring.pack_shared_prompts`).
 
-    Prompt and chosen response attend causally to themselves; the rejected response attends
-    to the whole prompt and causally to itself, never to the chosen response: what each
-    sequence sees in its own row, so every score equals the unshared one.
+    The prompt and the first response attend causally to themselves; every later response
+    attends to the whole prompt and causally to itself, never to another response: what
+    each sequence sees in its own row, so every score equals the unshared one.
     """
     grouped = key.shape[1] != query.shape[1]
     p_drop = dropout if module.training else 0.0
@@ -105,23 +105,27 @@ def _shared_prompt_attention(
 
     outputs = []
     start = 0
-    for prompt, chosen, rejected in segments:
-        first = slice(start, start + prompt + chosen)
+    for prompt, responses in segments:
+        first = slice(start, start + prompt + responses[0])
         outputs.append(
             attend(query[:, :, first], key[:, :, first], value[:, :, first], is_causal=True)
         )
-        if rejected:
-            own = slice(start + prompt + chosen, start + prompt + chosen + rejected)
-            sees = torch.ones(rejected, prompt + rejected, dtype=torch.bool, device=query.device)
+        start = first.stop
+        for n in responses[1:]:
+            if not n:
+                continue
+            own = slice(start, start + n)
+            prompt_keys = slice(first.start, first.start + prompt)
+            sees = torch.ones(n, prompt + n, dtype=torch.bool, device=query.device)
             outputs.append(
                 attend(
                     query[:, :, own],
-                    torch.cat([key[:, :, start : start + prompt], key[:, :, own]], dim=2),
-                    torch.cat([value[:, :, start : start + prompt], value[:, :, own]], dim=2),
+                    torch.cat([key[:, :, prompt_keys], key[:, :, own]], dim=2),
+                    torch.cat([value[:, :, prompt_keys], value[:, :, own]], dim=2),
                     attn_mask=sees.tril(diagonal=prompt),
                 )
             )
-        start += prompt + chosen + rejected
+            start += n
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 
@@ -154,7 +158,7 @@ def packed_attention_kwargs(config: PretrainedConfig, position_ids: torch.Tensor
 
 
 def shared_prompt_attention_kwargs(
-    config: PretrainedConfig, segments: list[tuple[int, int, int]]
+    config: PretrainedConfig, segments: list[tuple[int, tuple[int, ...]]]
 ) -> dict | None:
     """The keywords for a row of pairs sharing their prompts (see
     :func:`_shared_prompt_attention`), or None when this model's attention cannot take it

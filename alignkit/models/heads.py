@@ -79,20 +79,18 @@ class ScalarHeadModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         *,
-        pair_prompt_lengths: torch.Tensor | None = None,
+        prompt_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One scalar per sequence, read at its last attended token (left or right padding).
 
         A padded batch on a Llama-family backbone runs as one packed row of its real tokens
         (restarting position ids, each sequence attending to itself), so no pad token goes
         through the network and the head reads one hidden state per sequence. With
-        `pair_prompt_lengths` [B/2] (rows i and B/2+i are a preference pair opening with the
-        same prompt of that many tokens) each prompt runs through the network once.
+        `prompt_lengths` [B] (row b opens with a prompt of that many real tokens), rows with
+        the same prompt run it through the network once.
         """
         last = last_token_index(attention_mask)
-        packed = pack_batch(
-            self.backbone, input_ids, attention_mask, pair_prompt_lengths=pair_prompt_lengths
-        )
+        packed = pack_batch(self.backbone, input_ids, attention_mask, prompt_lengths=prompt_lengths)
         if packed is not None:
             hidden = self.backbone(
                 input_ids=packed.input_ids,

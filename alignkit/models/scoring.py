@@ -98,53 +98,63 @@ def pack_rows(
     return packed_ids, position_ids, packed_index
 
 
-def pack_pairs(
+def pack_shared_prompts(
     input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int, int]]] | None:
-    """Preference pairs as one packed row with each prompt in it ONCE.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, tuple[int, ...]]]] | None:
+    """A batch as one packed row in which rows that open with the same prompt share it.
 
-    Rows i and B+i of the [2B, T] batch are the chosen and rejected sequences of pair i and
-    both begin with the same `prompt_lengths[i]` tokens. Pair i becomes prompt, chosen
-    response, rejected response, one after the other; the rejected response's position ids
-    continue from the prompt (P, P+1, ...) as they would in its own row. Returns the packed
-    ids [1, N], position ids [1, N], where each real (row, column) landed [2B, T] (the
-    rejected row's prompt columns point at the shared prompt), and (P, C, R) per pair: prompt,
-    chosen and rejected response lengths, which the attention needs to let the rejected
-    response see the prompt but not the chosen response. None when the rows are not
-    contiguous or a pair's prompts differ.
+    Row b's first `prompt_lengths[b]` real tokens are its prompt. Rows with identical prompts
+    (the chosen and rejected sequences of a preference pair, the G samples of a GRPO group,
+    in any order) form a group laid out as prompt, response 1, response 2, ...; each
+    response's position ids continue from the prompt (P, P+1, ...) as in its own row.
+    Returns the packed ids [1, N], position ids [1, N], where each real (row, column) landed
+    [B, T] (a later response's prompt columns point at the shared prompt), and per group
+    (P, response lengths), which the attention needs so that each response sees the prompt
+    and itself only. None when the rows are not contiguous or no two rows share a prompt.
     """
     real = attention_mask.bool()
-    rows = real.shape[0]
-    if rows % 2 or not _contiguous(real):
+    if not _contiguous(real):
         return None
-    pairs = rows // 2
     starts = real.long().argmax(1).tolist()
     lengths = real.sum(1).tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for row, prompt in enumerate(prompt_lengths.tolist()):
+        tokens = input_ids[row, starts[row] : starts[row] + lengths[row]]
+        key = tuple(tokens[:prompt].tolist()) if 0 < prompt <= lengths[row] else (-1 - row,)
+        groups.setdefault(key, []).append(row)
+    if len(groups) == len(lengths):
+        return None
     pieces, positions, segments = [], [], []
     index = torch.zeros_like(input_ids)
     offset = 0
-    for i, prompt in enumerate(prompt_lengths.tolist()):
-        c, r = i, pairs + i
-        chosen = input_ids[c, starts[c] : starts[c] + lengths[c]]
-        rejected = input_ids[r, starts[r] : starts[r] + lengths[r]]
-        if not 0 < prompt <= min(lengths[c], lengths[r]):
-            return None
-        if not torch.equal(chosen[:prompt], rejected[:prompt]):
-            return None
-        n_chosen, n_rejected = lengths[c] - prompt, lengths[r] - prompt
-        pieces += [chosen, rejected[prompt:]]
-        positions += [torch.arange(lengths[c]), torch.arange(prompt, lengths[r])]
-        index[c, starts[c] : starts[c] + lengths[c]] = torch.arange(offset, offset + lengths[c])
-        index[r, starts[r] : starts[r] + prompt] = torch.arange(offset, offset + prompt)
-        rejected_at = offset + lengths[c]
-        index[r, starts[r] + prompt : starts[r] + lengths[r]] = torch.arange(
-            rejected_at, rejected_at + n_rejected
-        )
-        segments.append((prompt, n_chosen, n_rejected))
-        offset = rejected_at + n_rejected
+    for key, rows in groups.items():
+        prompt = len(key) if key[0] >= 0 else 0
+        first = rows[0]
+        pieces.append(input_ids[first, starts[first] : starts[first] + prompt])
+        positions.append(torch.arange(prompt))
+        shared_at, offset = offset, offset + prompt
+        for row in rows:
+            begin, n = starts[row], lengths[row] - prompt
+            pieces.append(input_ids[row, begin + prompt : begin + lengths[row]])
+            positions.append(torch.arange(prompt, lengths[row]))
+            index[row, begin : begin + prompt] = torch.arange(shared_at, shared_at + prompt)
+            index[row, begin + prompt : begin + lengths[row]] = torch.arange(offset, offset + n)
+            offset += n
+        segments.append((prompt, tuple(lengths[row] - prompt for row in rows)))
     packed_ids = torch.cat(pieces).unsqueeze(0)
     position_ids = torch.cat(positions).to(input_ids.device).unsqueeze(0)
     return packed_ids, position_ids, index, segments
+
+
+def prompt_lengths_from_labels(attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Real tokens before each row's first label [B] (0 where the row has no label)."""
+    labelled = labels != IGNORE_INDEX
+    first = labelled.long().argmax(1)
+    before = (
+        attention_mask.bool()
+        & (torch.arange(labels.shape[1], device=labels.device) < first[:, None])
+    ).sum(1)
+    return torch.where(labelled.any(1), before, 0)
 
 
 class PackedBatch(NamedTuple):
@@ -161,24 +171,23 @@ def pack_batch(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     *,
-    pair_prompt_lengths: torch.Tensor | None = None,
+    prompt_lengths: torch.Tensor | None = None,
 ) -> PackedBatch | None:
     """The packed form of a batch for this decoder, or None when it should run padded.
 
-    With `pair_prompt_lengths` (the batch is chosen rows then rejected rows, pair i's two
-    rows opening with the same prompt of that many tokens) and an attention that can share
-    prompts, each prompt runs through the network once (:func:`pack_pairs`); otherwise a
-    padded batch packs its real tokens (:func:`pack_rows`) and each sequence attends to
-    itself only.
+    With `prompt_lengths` [B] and an attention that can share prompts, rows that open with
+    the same prompt run it through the network once (:func:`pack_shared_prompts`);
+    otherwise a padded batch packs its real tokens (:func:`pack_rows`) and each sequence
+    attends to itself only.
     """
     if not packs_sequences(model):
         return None
     config = unwrap_model(model).config
-    if pair_prompt_lengths is not None:
-        pairs = pack_pairs(input_ids, attention_mask, pair_prompt_lengths)
-        kwargs = shared_prompt_attention_kwargs(config, pairs[3]) if pairs else None
+    if prompt_lengths is not None:
+        shared = pack_shared_prompts(input_ids, attention_mask, prompt_lengths.cpu())
+        kwargs = shared_prompt_attention_kwargs(config, shared[3]) if shared else None
         if kwargs is not None:
-            return PackedBatch(*pairs[:3], kwargs)
+            return PackedBatch(*shared[:3], kwargs)
     if not _padded_and_contiguous(attention_mask):
         return None
     packed_ids, position_ids, index = pack_rows(input_ids, attention_mask)
@@ -234,22 +243,14 @@ def labelled_token_logprobs(
     labels: torch.Tensor,
     *,
     temperature: float = 1.0,
-    pair_prompt_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_t | y_<t) for every labelled token, in one forward pass.
 
     Returns `(token_logps [B, T-1], mask [B, T-1])`, where position t scores `input_ids[:, t+1]`
     and the mask is 1 where the label is not -100 (prompt and padding are 0).
-    `pair_prompt_lengths` [B/2]: rows i and B/2+i are a preference pair opening with the same
-    prompt of that many tokens, which then runs through the network once.
     """
     logps, mask, _ = labelled_token_stats(
-        model,
-        input_ids,
-        attention_mask,
-        labels,
-        temperature=temperature,
-        pair_prompt_lengths=pair_prompt_lengths,
+        model, input_ids, attention_mask, labels, temperature=temperature
     )
     return logps, mask
 
@@ -262,7 +263,6 @@ def labelled_token_stats(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
-    pair_prompt_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Like :func:`labelled_token_logprobs`, plus the policy's entropy at each position
     (H(π(·|y_<t)) at temperature τ, [B, T-1], 0 before the first labelled column) when asked.
@@ -276,9 +276,10 @@ def labelled_token_stats(
     with restarting position ids, so no pad token goes through the network, and the
     vocabulary projection runs only on the positions that predict a label (DPO pairs on the
     demo data: 35% of a padded batch is padding, and 1 position in 3 after the prompt
-    predicts a label). With `pair_prompt_lengths`, each pair's prompt is in that row once
-    and both responses attend to it (the demo's pairs: 94 tokens a pair become 61). Same
-    values up to float rounding; the entropy path keeps the padded layout.
+    predicts a label). Rows that open with the same prompt (the real tokens before their
+    first label) hold it once in that row and their responses attend to it: a preference
+    pair's two responses, a GRPO group's G samples (the demo's pairs: 94 tokens a pair
+    become 61). Same values up to float rounding; the entropy path keeps the padded layout.
     """
     targets, mask = shifted_labels(labels)
     packed = None
@@ -287,9 +288,8 @@ def labelled_token_stats(
         and supports_logits_to_keep(model)
         and _labels_on_real_tokens(attention_mask, mask)
     ):
-        packed = pack_batch(
-            model, input_ids, attention_mask, pair_prompt_lengths=pair_prompt_lengths
-        )
+        prompts = prompt_lengths_from_labels(attention_mask, labels).cpu()
+        packed = pack_batch(model, input_ids, attention_mask, prompt_lengths=prompts)
     if packed is not None:
         logps = _padding_free_logprobs(model, packed, targets, mask, temperature)
         return logps, mask, None

@@ -82,7 +82,6 @@ def pair_logps(
         batch["input_ids"],
         batch["attention_mask"],
         batch["labels"],
-        pair_prompt_lengths=batch.get("prompt_lengths"),
     )
     logps = sequence_logprobs(token_logps, mask, average=average)
     half = logps.shape[0] // 2

@@ -39,8 +39,11 @@ class RewardConfig(TrainConfig):
 def pair_scores(model: ScalarHeadModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """r(x, y_w) and r(x, y_l) from one forward pass over the concatenated batch, each
     pair's prompt run through the network once where the model allows it."""
+    prompts = batch.get("prompt_lengths")
     scores = model.score(
-        batch["input_ids"], batch["attention_mask"], pair_prompt_lengths=batch.get("prompt_lengths")
+        batch["input_ids"],
+        batch["attention_mask"],
+        prompt_lengths=None if prompts is None else prompts.repeat(2),
     )
     half = scores.shape[0] // 2
     return scores[:half], scores[half:]

@@ -214,13 +214,15 @@ def _padding_free_logprobs(
     targets: torch.Tensor,
     mask: torch.Tensor,
     temperature: float,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Score a batch from its packed row (:func:`pack_batch`).
 
     No pad token goes through any layer and no token attends across sequences. The
     vocabulary projection runs only on the positions that predict a label (`logits_to_keep`
     as an index tensor; a shared prompt's last position predicts both responses' first
-    token). Returns token log-probs [B, T-1].
+    token). Returns token log-probs [B, T-1] and, when asked, the entropy at those
+    positions [B, T-1] (0 elsewhere).
     """
     keep = packed.index[:, :-1][mask]  # packed positions that predict a label, row-major
     logits = model(
@@ -233,7 +235,11 @@ def _padding_free_logprobs(
     logps = token_logprobs(
         logits, targets[mask].unsqueeze(0), ignore_index=IGNORE_INDEX, temperature=temperature
     )[0]
-    return logps.new_zeros(mask.shape).masked_scatter(mask, logps)
+    entropy = None
+    if with_entropy:
+        entropy = entropy_from_logits(logits, temperature=temperature)[0]
+        entropy = entropy.new_zeros(mask.shape).masked_scatter(mask, entropy)
+    return logps.new_zeros(mask.shape).masked_scatter(mask, logps), entropy
 
 
 def labelled_token_logprobs(
@@ -264,8 +270,8 @@ def labelled_token_stats(
     temperature: float = 1.0,
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Like :func:`labelled_token_logprobs`, plus the policy's entropy at each position
-    (H(π(·|y_<t)) at temperature τ, [B, T-1], 0 before the first labelled column) when asked.
+    """Like :func:`labelled_token_logprobs`, plus the policy's entropy when asked:
+    H(π(·|y_<t)) at temperature τ, [B, T-1], meaningful where the mask is 1 (mask it).
 
     The vocabulary projection is the most expensive layer of a small model (49,152 × 576
     for SmolLM2-135M) and prompts carry no labels, so the logits are only computed from the
@@ -279,20 +285,18 @@ def labelled_token_stats(
     predicts a label). Rows that open with the same prompt (the real tokens before their
     first label) hold it once in that row and their responses attend to it: a preference
     pair's two responses, a GRPO group's G samples (the demo's pairs: 94 tokens a pair
-    become 61). Same values up to float rounding; the entropy path keeps the padded layout.
+    become 61). Same values up to float rounding.
     """
     targets, mask = shifted_labels(labels)
     packed = None
-    if (
-        not with_entropy
-        and supports_logits_to_keep(model)
-        and _labels_on_real_tokens(attention_mask, mask)
-    ):
+    if supports_logits_to_keep(model) and _labels_on_real_tokens(attention_mask, mask):
         prompts = prompt_lengths_from_labels(attention_mask, labels).cpu()
         packed = pack_batch(model, input_ids, attention_mask, prompt_lengths=prompts)
     if packed is not None:
-        logps = _padding_free_logprobs(model, packed, targets, mask, temperature)
-        return logps, mask, None
+        logps, entropy = _padding_free_logprobs(
+            model, packed, targets, mask, temperature, with_entropy
+        )
+        return logps, mask, entropy
     width = targets.shape[1]
     labelled_columns = mask.any(dim=0)
     first = int(labelled_columns.float().argmax()) if bool(labelled_columns.any()) else width - 1

@@ -12,6 +12,7 @@ from alignkit.models.scoring import (
     shifted_labels,
     supports_padding_free,
 )
+from alignkit.ops.logprobs import entropy_from_logits
 
 
 def _padded_reference(model, ids, mask, labels):
@@ -89,15 +90,29 @@ def test_packed_through_peft_and_reference():
     assert torch.allclose(logps, expected, atol=1e-5)
 
 
-def test_padded_layout_kept_when_packing_does_not_apply():
-    ids, attn, labels = _batch()
+def test_packing_refused_without_padding_or_with_holes():
+    _ids, attn, labels = _batch()
     mask = shifted_labels(labels)[1]
     assert not _packable(torch.ones_like(attn), mask)  # nothing to remove
     holes = attn.clone()
     holes[0, 1] = 0
     assert not _packable(holes, mask)  # a row whose real tokens are not contiguous
+
+
+def test_packed_entropy_and_its_gradient_equal_the_padded_forward():
     model, _ = tiny_random_llama(seed=3)
-    # the entropy path keeps the padded layout and its semantics
-    logps, _, entropy = labelled_token_stats(model, ids, attn, labels, with_entropy=True)
-    assert entropy is not None and entropy.shape == logps.shape
+    ids, attn, labels = _batch()
+    logps, mask, entropy = labelled_token_stats(model, ids, attn, labels, with_entropy=True)
+    assert entropy.shape == logps.shape
     assert torch.allclose(logps, _padded_reference(model, ids, attn, labels), atol=1e-5)
+    padded = entropy_from_logits(model(input_ids=ids, attention_mask=attn).logits[:, :-1])
+    assert torch.allclose(entropy[mask], padded[mask], atol=1e-5)
+    assert bool((entropy[~mask] == 0).all())
+    entropy[mask].sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    entropy_from_logits(model(input_ids=ids, attention_mask=attn).logits[:, :-1])[
+        mask
+    ].sum().backward()
+    for got, p in zip(grads, model.parameters(), strict=True):
+        assert torch.allclose(got, p.grad, atol=1e-5)

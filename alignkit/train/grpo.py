@@ -86,9 +86,11 @@ def user_group_weights(
 @dataclass
 class GroupExperience:
     sequences: Sequences
-    old_logps: torch.Tensor
+    old_logps: torch.Tensor | None  # None: the update's own forward pass gives them
     ref_logps: torch.Tensor
     advantages: torch.Tensor  # [N]
+    metrics: dict[str, Any]  # the iteration's metrics; the policy figures land here
+    rollout_context: dict[str, Any]  # what log_rollouts needs besides the log-probs
 
 
 class GRPOTrainer(OnlineTrainer):
@@ -110,18 +112,18 @@ class GRPOTrainer(OnlineTrainer):
         cfg = self.cfg
         return cfg.num_iterations * cfg.num_minibatches // cfg.gradient_accumulation_steps
 
+    def folds_old_policy_pass(self) -> bool:
+        """One update per batch of samples (μ = 1, one minibatch): the policy that sampled is
+        the one being updated, so the old log-probs are the update's own, detached (ratio
+        1, gradient A·∇log π), and the separate no-grad pass over the samples is skipped."""
+        return self.cfg.num_iterations == 1 and self.cfg.num_minibatches == 1
+
     @torch.no_grad()
     def make_experience(self, prompts: list[PromptExample], iteration: int):
         cfg = self.cfg
         rollout, seq = self.sample(prompts, iteration)
         output, scores, metrics = self.score(prompts, rollout.texts, seq)
-        policy = self.engine.unwrapped_model
-        old_logps, mask, entropy = labelled_token_stats(
-            policy, seq.input_ids, seq.attention_mask, seq.labels,
-            temperature=cfg.temperature, with_entropy=True,
-        )  # fmt: skip
         ref_logps = self.reference_logps(seq)
-        kl = self.kl_terms(old_logps, ref_logps, mask)
         if cfg.advantage_estimator == "rloo":
             advantages = rloo_advantages(scores, cfg.num_generations)
         else:
@@ -133,32 +135,61 @@ class GRPOTrainer(OnlineTrainer):
         grouped = output.scores.view(-1, cfg.num_generations)
         metrics.update(
             {
-                "objective/kl": float(kl.sum(1).mean()),
-                "objective/entropy": float(masked_mean(entropy, mask)),
-                "objective/rlhf_reward": float(
-                    output.scores.mean() - self.kl_controller.value * kl.sum(1).mean()
-                ),
                 "rewards/group_std": float(grouped.std(dim=1).mean()),
                 "rewards/zero_std_fraction": float((grouped.std(dim=1) == 0).float().mean()),
             }
         )
-        if cfg.rollouts_every and iteration % cfg.rollouts_every == 0:
+        context = {"iteration": iteration, "prompts": prompts, "texts": rollout.texts}
+        context["output"] = output
+        experience = GroupExperience(seq, None, ref_logps, advantages, metrics, context)
+        if not self.folds_old_policy_pass():
+            old_logps, mask, entropy = labelled_token_stats(
+                self.engine.unwrapped_model, seq.input_ids, seq.attention_mask, seq.labels,
+                temperature=cfg.temperature, with_entropy=True,
+            )  # fmt: skip
+            experience.old_logps = old_logps
+            self.report_policy(experience, old_logps, entropy, mask)
+        return experience, metrics
+
+    def report_policy(
+        self,
+        experience: GroupExperience,
+        logps: torch.Tensor,
+        entropy: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> None:
+        """KL to the reference, entropy and KL-penalised reward of the sampling policy into
+        the iteration's metrics, and the rollouts log when due."""
+        cfg = self.cfg
+        kl = self.kl_terms(logps, experience.ref_logps, mask)
+        scores = experience.rollout_context["output"].scores
+        experience.metrics.update(
+            {
+                "objective/kl": float(kl.sum(1).mean()),
+                "objective/entropy": float(masked_mean(entropy, mask)),
+                "objective/rlhf_reward": float(
+                    scores.mean() - self.kl_controller.value * kl.sum(1).mean()
+                ),
+            }
+        )
+        context = experience.rollout_context
+        if cfg.rollouts_every and context["iteration"] % cfg.rollouts_every == 0:
             self.log_rollouts(
-                iteration,
-                prompts,
-                rollout.texts,
-                seq,
-                output,
-                advantages,
-                old_logps,
-                ref_logps,
+                context["iteration"],
+                context["prompts"],
+                context["texts"],
+                experience.sequences,
+                context["output"],
+                experience.advantages,
+                logps,
+                experience.ref_logps,
                 kl,
                 mask,
             )
-        return GroupExperience(seq, old_logps, ref_logps, advantages), metrics
 
     def update(self, experience: GroupExperience, iteration: int) -> list[dict[str, float]]:
         cfg, engine = self.cfg, self.engine
+        fold = experience.old_logps is None
         records = []
         for rows in minibatches(
             experience.advantages.shape[0], cfg.num_minibatches, cfg.num_iterations,
@@ -166,13 +197,22 @@ class GRPOTrainer(OnlineTrainer):
         ):  # fmt: skip
             seq = experience.sequences.select(rows)
             with engine.accumulate():
-                logps, mask, _ = labelled_token_stats(
+                logps, mask, entropy = labelled_token_stats(
                     engine.model, seq.input_ids, seq.attention_mask, seq.labels,
-                    temperature=cfg.temperature,
+                    temperature=cfg.temperature, with_entropy=fold,
                 )  # fmt: skip
+                if fold:  # rows are all samples, shuffled: report them in sampling order
+                    order = torch.argsort(rows)
+                    self.report_policy(
+                        experience,
+                        logps.detach()[order],
+                        entropy.detach()[order],
+                        mask[order],
+                    )
+                old_logps = logps.detach() if fold else experience.old_logps[rows]
                 loss, stats = grpo_loss(
                     logps,
-                    experience.old_logps[rows],
+                    old_logps,
                     experience.ref_logps[rows] if self.kl_controller.value > 0 else None,
                     experience.advantages[rows],
                     mask,

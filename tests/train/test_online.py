@@ -215,3 +215,28 @@ def test_held_out_prompts_are_answered_greedily_and_scored(tmp_path, rewards):
         "eval_objective/scores/group_gap",
     } <= set(evals[-1])
     assert result.eval_metrics["eval_objective/scores"] == evals[-1]["eval_objective/scores"]
+
+
+def test_grpo_folded_old_policy_pass_changes_nothing(tmp_path, rewards, monkeypatch):
+    """With μ = 1 and one minibatch the old log-probs come from the update's own forward
+    pass; the run must equal one that takes the separate no-grad pass."""
+    runs = {}
+    for fold in (True, False):
+        cfg = GRPOConfig(**settings(tmp_path / str(fold), rewards, max_steps=3, batch_size=2,
+                                    num_generations=4, kl_coef=0.05, rollouts_every=1))  # fmt: skip
+        monkeypatch.setattr(GRPOTrainer, "folds_old_policy_pass", lambda self, f=fold: f)
+        trainer = GRPOTrainer(cfg)
+        trainer.train()
+        params = [p.detach().clone() for p in trainer.engine.unwrapped_model.parameters()]
+        rollouts = read_jsonl(f"{cfg.output_dir}/rollouts.jsonl")
+        runs[fold] = (metrics(cfg), params, rollouts)
+    (folded, p_folded, r_folded), (separate, p_separate, r_separate) = runs[True], runs[False]
+    for a, b in zip(folded, separate, strict=True):
+        for key in ("objective/kl", "objective/entropy", "objective/rlhf_reward", "loss"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    for a, b in zip(p_folded, p_separate, strict=True):
+        assert (a - b).abs().max() < 1e-5
+    assert [r["response"] for r in r_folded] == [r["response"] for r in r_separate]
+    assert r_folded[0]["tokens"][0]["logp"] == pytest.approx(
+        r_separate[0]["tokens"][0]["logp"], abs=1e-5
+    )

@@ -6,13 +6,17 @@ Definitions (the same for every system):
 
 - *tokens per step*: real (non-pad) tokens of every sequence the optimizer step processed,
   i.e. the sum of ``attention_mask`` over the step's micro-batches (DPO and RM: chosen and
-  rejected rows, prompt included; SFT: prompt + completion).
+  rejected rows, prompt included; SFT: prompt + completion; GRPO: prompt + completion of
+  every sampled sequence of the step). GRPO also counts *generated tokens per step*
+  (completion tokens sampled) and reports ``generated_tokens_per_s``.
 - *step time*: wall time between the ends of two consecutive optimizer steps (forward,
   backward, clipping, AdamW, data loading, per-step bookkeeping). The first ``warmup_steps``
   steps are excluded; ``step_s_median`` is the median of the timed steps and
   ``tokens_per_s`` = Σ tokens / Σ seconds over the timed steps.
 - *model FLOPs*: ``6·N`` per token for forward + backward, plus ``2·N`` per token for every
-  reference forward done inside the step (0 when reference log-probs are precomputed).
+  reference forward done inside the step (0 when reference log-probs are precomputed), plus,
+  for GRPO, ``2·N`` per *generated* token (one decoding forward each; the prompt prefill
+  during generation is not counted).
   ``N`` counts the parameters that take part in a matmul for every token: all parameters
   except the input-embedding table, plus the LM head when the workload runs it (for a model
   with tied embeddings that is simply all parameters). Attention-score FLOPs are left out
@@ -63,6 +67,13 @@ class Settings:
     adam_epsilon: float = 1e-8
     weight_decay: float = 0.0
     beta: float = 0.1  # DPO β
+    # GRPO: prompts per optimizer step × num_generations completions, each exactly
+    # max_new_tokens long (EOS held back on both sides), one generation per optimizer step
+    grpo_prompts: int = 2
+    num_generations: int = 4
+    max_new_tokens: int = 32
+    grpo_beta: float = 0.04  # β > 0: a frozen reference scored every step on both sides
+    clip_eps: float = 0.2
     seed: int = 42
     threads: int = 2
     matmul_size: int = 2048
@@ -78,6 +89,12 @@ class Settings:
     def num_examples(self) -> int:
         """Examples the run consumes: exactly one pass, no example seen twice."""
         return self.total_steps * self.batch_size * self.gradient_accumulation_steps
+
+    def examples_for(self, workload: str) -> int:
+        """Rows of the demo data the workload consumes (GRPO: prompts)."""
+        if workload == "grpo":
+            return self.total_steps * self.grpo_prompts
+        return self.num_examples
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -117,21 +134,35 @@ def step_times(step_ends: Sequence[float], warmup_steps: int) -> list[float]:
 
 
 def summarize_steps(
-    step_ends: Sequence[float], step_tokens: Sequence[int], warmup_steps: int
+    step_ends: Sequence[float],
+    step_tokens: Sequence[int],
+    warmup_steps: int,
+    step_generated_tokens: Sequence[int] | None = None,
 ) -> dict[str, float]:
-    """tokens_per_s, step_s_median, timed_steps and timed_tokens over the timed steps."""
+    """tokens_per_s, step_s_median, timed_steps and timed_tokens over the timed steps; with
+    ``step_generated_tokens`` (GRPO) also generated_tokens_per_s and timed_generated_tokens."""
     times = step_times(step_ends, warmup_steps)
-    tokens = list(step_tokens[warmup_steps : warmup_steps + len(times)])
-    if len(tokens) != len(times):
-        raise ValueError(f"{len(times)} timed steps but {len(tokens)} token counts")
     total_s = sum(times)
-    return {
+
+    def timed(counts: Sequence[int], what: str) -> list[int]:
+        window = list(counts[warmup_steps : warmup_steps + len(times)])
+        if len(window) != len(times):
+            raise ValueError(f"{len(times)} timed steps but {len(window)} {what} counts")
+        return window
+
+    tokens = timed(step_tokens, "token")
+    out = {
         "tokens_per_s": sum(tokens) / total_s if total_s > 0 else float("nan"),
         "step_s_median": statistics.median(times),
         "step_s_min": min(times),
         "timed_steps": len(times),
         "timed_tokens": sum(tokens),
     }
+    if step_generated_tokens is not None:
+        generated = timed(step_generated_tokens, "generated-token")
+        out["generated_tokens_per_s"] = sum(generated) / total_s if total_s > 0 else float("nan")
+        out["timed_generated_tokens"] = sum(generated)
+    return out
 
 
 # ----------------------------------------------------------------------------- FLOPs and MFU
@@ -149,11 +180,37 @@ def model_flops_per_token(n_params: int, ref_forwards: int = 0) -> float:
     return 6.0 * n_params + 2.0 * n_params * ref_forwards
 
 
-def mfu(tokens_per_s: float, n_params: int, peak_flops: float, ref_forwards: int = 0) -> float:
+def generation_flops_per_token(n_params: int) -> float:
+    """2·N per generated token: one forward of one new token (KV-cached decoding)."""
+    if n_params < 0:
+        raise ValueError("n_params must be >= 0")
+    return 2.0 * n_params
+
+
+def model_flops_per_s(
+    tokens_per_s: float,
+    n_params: int,
+    ref_forwards: int = 0,
+    generated_tokens_per_s: float = 0.0,
+) -> float:
+    """Trained tokens × (6·N + 2·N per reference forward) + generated tokens × 2·N, per second."""
+    return tokens_per_s * model_flops_per_token(
+        n_params, ref_forwards
+    ) + generated_tokens_per_s * generation_flops_per_token(n_params)
+
+
+def mfu(
+    tokens_per_s: float,
+    n_params: int,
+    peak_flops: float,
+    ref_forwards: int = 0,
+    generated_tokens_per_s: float = 0.0,
+) -> float:
     """Model FLOP/s as a fraction of the measured peak."""
     if peak_flops <= 0:
         raise ValueError("peak_flops must be positive")
-    return tokens_per_s * model_flops_per_token(n_params, ref_forwards) / peak_flops
+    flops = model_flops_per_s(tokens_per_s, n_params, ref_forwards, generated_tokens_per_s)
+    return flops / peak_flops
 
 
 def count_matmul_params(model: Any, *, lm_head: bool) -> int:
@@ -185,16 +242,19 @@ def make_record(
     n_params: int,
     warmup_steps: int,
     ref_forwards_per_step: int = 0,
+    step_generated_tokens: Sequence[int] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """One (workload, system) result; ``mfu`` is filled in by :func:`add_mfu` (needs the peak)."""
+    """One (workload, system) result; ``mfu`` is filled in by :func:`add_mfu` (needs the peak).
+
+    ``step_generated_tokens`` (GRPO): completion tokens sampled in each step."""
     if system not in SYSTEMS:
         raise ValueError(f"system must be one of {SYSTEMS}, got {system!r}")
     record: dict[str, Any] = {
         "workload": workload,
         "system": system,
         "model": model,
-        **summarize_steps(step_ends, step_tokens, warmup_steps),
+        **summarize_steps(step_ends, step_tokens, warmup_steps, step_generated_tokens),
         "peak_rss_mib": float(peak_rss_mib),
         "mfu": None,
         "first_loss": float(losses[0]) if losses else float("nan"),
@@ -203,16 +263,39 @@ def make_record(
         "n_params": int(n_params),
         "ref_forwards_per_step": int(ref_forwards_per_step),
     }
+    if step_generated_tokens is not None:
+        record["step_generated_tokens"] = [int(t) for t in step_generated_tokens]
     record.update(extra)
     return record
 
 
-def add_mfu(record: dict[str, Any], peak_flops: float, n_params: int | None = None) -> None:
-    """Fill ``mfu`` (and ``model_tflops``) from tokens_per_s, N and the measured peak."""
+def unique_fraction(record: dict[str, Any], warmup_steps: int) -> float:
+    """Σ unique tokens ÷ Σ tokens over the timed steps of a record that counted both (1.0
+    when it did not): the share of a step's tokens left when each prompt shared by a
+    preference pair or a GRPO group is counted once."""
+    unique = record.get("step_unique_tokens")
+    if not unique:
+        return 1.0
+    steps = record["timed_steps"]
+    tokens = record["step_tokens"][warmup_steps : warmup_steps + steps]
+    return sum(unique[warmup_steps : warmup_steps + steps]) / sum(tokens)
+
+
+def add_mfu(
+    record: dict[str, Any],
+    peak_flops: float,
+    n_params: int | None = None,
+    unique_share: float = 1.0,
+) -> None:
+    """Fill ``mfu`` (and ``model_tflops``, ``unique_tokens_per_s``) from the unique tokens
+    per second (tokens_per_s × `unique_share`), N and the measured peak."""
     n = record["n_params"] if n_params is None else n_params
     ref = record.get("ref_forwards_per_step", 0)
-    record["mfu"] = mfu(record["tokens_per_s"], n, peak_flops, ref)
-    record["model_tflops"] = record["tokens_per_s"] * model_flops_per_token(n, ref) / 1e12
+    generated = record.get("generated_tokens_per_s") or 0.0
+    unique = record["tokens_per_s"] * unique_share
+    record["unique_tokens_per_s"] = unique
+    record["mfu"] = mfu(unique, n, peak_flops, ref, generated)
+    record["model_tflops"] = model_flops_per_s(unique, n, ref, generated) / 1e12
 
 
 def validate_record(record: dict[str, Any]) -> None:
@@ -222,7 +305,10 @@ def validate_record(record: dict[str, Any]) -> None:
         raise ValueError(f"record misses {missing}")
     if record["system"] not in SYSTEMS:
         raise ValueError(f"unknown system {record['system']!r}")
-    for key in ("tokens_per_s", "step_s_median", "peak_rss_mib"):
+    keys = ["tokens_per_s", "step_s_median", "peak_rss_mib"]
+    if "generated_tokens_per_s" in record:
+        keys.append("generated_tokens_per_s")
+    for key in keys:
         value = record[key]
         if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
             raise ValueError(f"{key} must be a positive number, got {value!r}")
@@ -243,7 +329,7 @@ class Comparison:
     memory_ratio: float  # alignkit peak RSS ÷ TRL peak RSS
     first_loss_diff: float  # |alignkit − TRL| of the first step's loss
     second_loss_diff: float | None  # same, for the loss after one optimizer update
-    same_batches: bool  # identical tokens per step in both runs
+    same_batches: bool  # identical tokens per step (GRPO: also generated tokens and prompt ids)
     tokens_match: float | None  # fraction of rows TRL tokenized exactly as alignkit did
     first_logps_diff: float | None  # DPO: max |Δ| of the first batch's mean chosen/rejected logps
     speed_target: float | None
@@ -269,6 +355,9 @@ def compare(alignkit: dict[str, Any], trl: dict[str, Any]) -> Comparison:
     a_losses, t_losses = alignkit.get("losses", []), trl.get("losses", [])
     second = abs(a_losses[1] - t_losses[1]) if len(a_losses) > 1 and len(t_losses) > 1 else None
     target = SPEED_TARGETS.get(workload)
+    same_batches = alignkit.get("step_tokens") == trl.get("step_tokens")
+    for key in ("step_generated_tokens", "step_prompt_digests"):  # GRPO only
+        same_batches = same_batches and alignkit.get(key) == trl.get(key)
     a_first, t_first = alignkit.get("first_metrics") or {}, trl.get("first_metrics") or {}
     shared = [k for k in ("logps/chosen", "logps/rejected") if k in a_first and k in t_first]
     logps_diff = max((abs(a_first[k] - t_first[k]) for k in shared), default=None)
@@ -279,7 +368,7 @@ def compare(alignkit: dict[str, Any], trl: dict[str, Any]) -> Comparison:
         memory_ratio=memory,
         first_loss_diff=abs(alignkit["first_loss"] - trl["first_loss"]),
         second_loss_diff=second,
-        same_batches=alignkit.get("step_tokens") == trl.get("step_tokens"),
+        same_batches=same_batches,
         tokens_match=trl.get("tokens_match_alignkit"),
         first_logps_diff=logps_diff,
         speed_target=target,

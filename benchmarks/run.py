@@ -3,11 +3,12 @@
     python benchmarks/run.py            # SmolLM2-135M-Instruct (full mode)
     python benchmarks/run.py --quick    # the tiny random model, seconds per system
 
-For each workload (SFT, reward model, DPO; GRPO once alignkit.train.grpo exists) it runs
-alignkit, then TRL, each in its own child process (so peak RSS is per system), sequentially,
-with the same model folder, data rows and order, batch size, lengths, optimiser, learning
-rate, clipping and steps; it measures this machine's float32 matmul peak in the same run,
-prints a table with the alignkit/TRL ratios and writes benchmarks/results/<date>.json.
+For each workload (SFT, reward model, DPO, GRPO) it runs alignkit, then TRL, each in its own
+child process (so peak RSS is per system), sequentially, with the same model folder, data
+rows and order, batch size, lengths, optimiser, learning rate, clipping and steps (GRPO: the
+same prompts per step, group size, completion length, sampling, β, loss and reward); it
+measures this machine's float32 matmul peak in the same run, prints a table with the
+alignkit/TRL ratios and writes benchmarks/results/<date>.json.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from benchmarks.core import (  # noqa: E402
     compare,
     matmul_flops,
     quick_settings,
+    unique_fraction,
     validate_record,
 )
 
@@ -96,20 +98,22 @@ def prepare_model(settings: Settings, workdir: Path) -> str:
 
 
 def prepare_data(workload: str, settings: Settings, workdir: Path) -> Path:
-    """The first `settings.num_examples` rows of the packaged demo file of the workload's format."""
+    """The first `settings.examples_for(workload)` rows of the packaged demo file of the
+    workload's format (GRPO: prompts)."""
     from alignkit.data import demo_path
     from benchmarks.systems import DATA_FORMAT
 
     fmt = DATA_FORMAT[workload]
     rows = demo_path(fmt).read_text(encoding="utf-8").splitlines()
     rows = [r for r in rows if r.strip()]
-    if len(rows) < settings.num_examples:
+    needed = settings.examples_for(workload)
+    if len(rows) < needed:
         raise SystemExit(
             f"{workload}: the demo {fmt} data has {len(rows)} rows, the run needs "
-            f"{settings.num_examples}; lower --steps or --batch-size"
+            f"{needed}; lower --steps, --batch-size or --grpo-prompts"
         )
-    path = workdir / f"{fmt}-{settings.num_examples}.jsonl"
-    path.write_text("\n".join(rows[: settings.num_examples]) + "\n", encoding="utf-8")
+    path = workdir / f"{fmt}-{needed}.jsonl"
+    path.write_text("\n".join(rows[:needed]) + "\n", encoding="utf-8")
     return path
 
 
@@ -185,17 +189,19 @@ def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -
 
     console = Console(width=132)
     table = Table(title="alignkit vs TRL (same data, batches, optimiser, steps; float32, CPU)")
-    for name in ("workload", "system", "tokens/s", "step s (median)", "peak RSS MiB", "MFU"):
+    columns = ("workload", "system", "tokens/s", "generated tok/s", "step s (median)")
+    for name in (*columns, "peak RSS MiB", "MFU"):
         table.add_column(name, justify="left" if name in ("workload", "system") else "right")
     table.add_column("first loss", justify="right")
     for r in records:
         if "error" in r:
-            table.add_row(r["workload"], _system(r), "[red]failed[/red]", "", "", "", "")
+            table.add_row(r["workload"], _system(r), "[red]failed[/red]", "", "", "", "", "")
             continue
         table.add_row(
             r["workload"],
             _system(r),
             f"{r['tokens_per_s']:.0f}",
+            _fmt(r.get("generated_tokens_per_s"), ".1f"),
             f"{r['step_s_median']:.3f}",
             f"{r['peak_rss_mib']:.0f}",
             _fmt(r["mfu"] and 100 * r["mfu"], ".1f") + "%",
@@ -233,6 +239,13 @@ def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -
         f"(float32 {peak['size']}² × {peak['size']}², {peak['threads']} threads); "
         f"DPO MFU target ≥ {DPO_MFU_TARGET:.0%}"
     )
+    if any(r.get("workload") == "grpo" and "error" not in r for r in records):
+        console.print(
+            "GRPO: samples differ between the systems (own RNG streams); same batches = the same "
+            "prompt token ids and the same prompt + completion token counts in every step; the "
+            "first loss is −mean(advantage) + β·KL with KL = 0 and ratio 1, i.e. ~0 on both sides "
+            "(group-normalised advantages sum to 0 per group)"
+        )
 
 
 # ----------------------------------------------------------------------------- parent
@@ -244,7 +257,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated")
     p.add_argument("--steps", type=int, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, help="untimed optimizer steps first (>= 1)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="examples (SFT) or pairs (RM, DPO) per step")
+    p.add_argument("--grpo-prompts", type=int, help="GRPO: prompts per step (× generations)")
+    p.add_argument("--num-generations", type=int, help="GRPO: completions per prompt (G)")
+    p.add_argument("--max-new-tokens", type=int, help="GRPO: the length of every completion")
     p.add_argument("--threads", type=int)
     p.add_argument("--model", help="model name (default: per mode)")
     p.add_argument("--out", default=str(RESULTS), help="results folder ('' = do not write)")
@@ -272,6 +288,12 @@ def build_settings(args: argparse.Namespace) -> Settings:
         settings.warmup_steps = args.warmup
     if args.batch_size is not None:
         settings.batch_size = args.batch_size
+    if args.grpo_prompts is not None:
+        settings.grpo_prompts = args.grpo_prompts
+    if args.num_generations is not None:
+        settings.num_generations = args.num_generations
+    if args.max_new_tokens is not None:
+        settings.max_new_tokens = args.max_new_tokens
     if args.threads is not None:
         settings.threads = args.threads
     if args.model:
@@ -338,8 +360,10 @@ def run_benchmarks(
     peak["flops_seen"] = peaks_seen
     for pair, others in groups:
         n_params = pair["alignkit"]["n_params"]  # one N for both systems (they agree)
+        # the same unique work for both: the batches are the same (checked by compare)
+        share = unique_fraction(pair["alignkit"], settings.warmup_steps)
         for r in [*pair.values(), *others]:
-            add_mfu(r, peak["flops"], n_params)
+            add_mfu(r, peak["flops"], n_params, share)
             validate_record(r)
         for trl_record in [pair["trl"], *others]:
             comparison = compare(pair["alignkit"], trl_record)

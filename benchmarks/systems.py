@@ -2,18 +2,22 @@
 
 Both systems get the same model folder, the same data file (a subset of the packaged demo
 data), the same data ORDER (TRL reads the rows in alignkit's epoch permutation with a
-sequential sampler), the same batch size, lengths, AdamW (torch's, foreach), learning rate
+sequential sampler), the same batch size, lengths, AdamW (torch's, fused), learning rate
 (constant, no warm-up), clipping and number of steps, float32, no evaluation, no saving
 during training. What is timed and counted is defined in :mod:`benchmarks.core`.
 
 Timing hooks: alignkit's :class:`~alignkit.train.engine.Engine` is wrapped at class level
 (``fit`` to count each batch's tokens, ``backward_and_step`` to mark step ends and record the
 loss); TRL gets a ``TrainerCallback`` (``on_step_end``), a counting data collator and a
-``compute_loss`` wrapper. Neither hook changes what the trainers compute.
+``compute_loss`` wrapper. GRPO counts tokens where the samples are made instead (alignkit:
+the trainer's ``sample``; TRL: its ``_generate``). Neither hook changes what the trainers
+compute.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import resource
 import tempfile
@@ -46,6 +50,10 @@ class Probe:
     step_ends: list[float] = field(default_factory=list)
     micro_tokens: list[int] = field(default_factory=list)
     micro_losses: list[float] = field(default_factory=list)
+    micro_generated: list[int] = field(default_factory=list)  # GRPO: completion tokens sampled
+    # tokens with each prompt shared by a pair / GRPO group counted once (the MFU numerator)
+    micro_unique_tokens: list[int] = field(default_factory=list)
+    prompt_digests: list[str] = field(default_factory=list)  # GRPO: the prompt ids of each step
     first_metrics: dict[str, float] = field(default_factory=dict)
     rss_at_last_step: float = 0.0
     threads_in_loop: int | None = None
@@ -62,6 +70,11 @@ class Probe:
         accum = settings.gradient_accumulation_steps
         tokens = self.per_step(self.micro_tokens, accum, sum)
         losses = self.per_step(self.micro_losses, accum, lambda xs: sum(xs) / max(1, len(xs)))
+        if self.micro_unique_tokens:
+            extra["step_unique_tokens"] = self.per_step(self.micro_unique_tokens, accum, sum)
+        if self.micro_generated:  # GRPO: one generation per optimizer step
+            extra["step_generated_tokens"] = self.micro_generated[: len(self.step_ends)]
+            extra["step_prompt_digests"] = self.prompt_digests[: len(self.step_ends)]
         return make_record(
             workload=workload,
             system=system,
@@ -129,7 +142,11 @@ def _install_alignkit_probe(probe: Probe) -> None:
     def fit(self, train_dataset, collate_fn, loss_fn, eval_fn=None, **kwargs):
         def counting_collate(features):
             batch = collate_fn(features)
-            probe.micro_tokens.append(int(batch["attention_mask"].sum()))
+            real = int(batch["attention_mask"].sum())
+            probe.micro_tokens.append(real)
+            # preference batches: each pair's prompt once (it is in both rows)
+            shared = batch.get("prompt_lengths")
+            probe.micro_unique_tokens.append(real - (0 if shared is None else int(shared.sum())))
             return batch
 
         probe.train_begin = time.perf_counter()
@@ -168,6 +185,8 @@ def reward_head_init(hidden: int, seed: int) -> torch.Tensor:
 
 
 def run_alignkit(workload: str, settings: Settings, data: Path) -> dict[str, Any]:
+    if workload == "grpo":
+        return run_alignkit_grpo(settings, data, Probe())
     probe = Probe()
     _install_alignkit_probe(probe)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{workload}-alignkit-", dir=data.parent)) / "run"
@@ -198,8 +217,6 @@ def run_alignkit(workload: str, settings: Settings, data: Path) -> dict[str, Any
         trainer = DPOTrainer(cfg)
         model = trainer.model
         extra["precompute_ref_logps"] = True
-    elif workload == "grpo":
-        return run_alignkit_grpo(settings, data, probe)
     else:
         raise ValueError(f"unknown workload {workload!r}")
     n_params = count_matmul_params(model, lm_head=USES_LM_HEAD[workload])
@@ -286,13 +303,16 @@ def tokens_match(workload: str, trl_rows: list[dict], alignkit_rows: list[dict])
         elif workload == "sft":
             labelled = [x != -100 for x in a["labels"]]
             ok = t["input_ids"] == a["input_ids"] and [x != -100 for x in t["labels"]] == labelled
+        elif workload == "grpo":  # prompt token ids, one row per completion
+            ok = t == a
         else:
             ok = False
         same += bool(ok)
     return same / max(1, len(trl_rows))
 
 
-def _install_trl_probe(trainer, probe: Probe, workload: str) -> None:
+def _trl_step_timer(probe: Probe):
+    """A TrainerCallback that marks the start of training and the end of each optimizer step."""
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
@@ -303,7 +323,11 @@ def _install_trl_probe(trainer, probe: Probe, workload: str) -> None:
         def on_step_end(self, args, state, control, **kwargs):
             probe.step_end()
 
-    trainer.add_callback(StepTimer())
+    return StepTimer()
+
+
+def _install_trl_probe(trainer, probe: Probe, workload: str) -> None:
+    trainer.add_callback(_trl_step_timer(probe))
     collator = trainer.data_collator
 
     def counting_collator(features):
@@ -332,6 +356,8 @@ def _install_trl_probe(trainer, probe: Probe, workload: str) -> None:
 
 
 def run_trl(workload: str, settings: Settings, data: Path) -> dict[str, Any]:
+    if workload == "grpo":
+        return run_trl_grpo(settings, data, Probe())
     probe = Probe()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -387,8 +413,6 @@ def run_trl(workload: str, settings: Settings, data: Path) -> dict[str, Any]:
         )
         n_params = count_matmul_params(model, lm_head=True)
         extra["precompute_ref_logps"] = True
-    elif workload == "grpo":
-        return run_trl_grpo(settings, data, probe)
     else:
         raise ValueError(f"unknown workload {workload!r}")
     rows = [dict(r) for r in trainer.train_dataset]
@@ -402,19 +426,20 @@ def run_trl(workload: str, settings: Settings, data: Path) -> dict[str, Any]:
     )
 
 
-# ============================================================================= GRPO (later)
+# ============================================================================= GRPO
 #
-# The hook for GRPO: when alignkit.train.grpo exists (GRPOConfig, GRPOTrainer), implement the
-# two functions below with the same pattern as DPO: the packaged prompts
-# (alignkit.data.demo_path("prompt")), the same reward function on both sides (e.g. a length
-# or a format reward written once here), the same group size G, max_new_tokens, temperature,
-# sampling seed and number of updates. Count as tokens per step every prompt and completion
-# token that went through a forward pass (generation included), time whole steps (rollout +
-# update), and add the reference forwards per step to ref_forwards_per_step for the MFU.
-# run.py lists "grpo" in WORKLOADS and skips it, with a note, until alignkit.train.grpo exists.
+# Both systems get the packaged demo prompts (the first `settings.examples_for("grpo")` rows)
+# in the order alignkit's PromptStream draws them (TRL: that order, shuffle_dataset=False),
+# `grpo_prompts` prompts × `num_generations` completions per optimizer step and one generation
+# per step; every completion exactly `max_new_tokens` tokens long (EOS held back: alignkit
+# min_new_tokens, TRL generation_kwargs={"min_new_tokens": ...}); temperature 1, top_p 1, no
+# top-k; β = grpo_beta > 0, so both keep a frozen reference and score it every step; μ = 1;
+# advantages (r − group mean) / (group std + 1e-4); the per-sequence mean loss (alignkit
+# loss_normalization="sequence" = TRL loss_type="grpo"); ε = clip_eps; the same reward
+# function (benchmarks.rewards). Tokens per step: prompt + completion tokens of the step's
+# sequences; generated tokens per step: completion tokens.
 
-
-GRPO_RUNNERS_WRITTEN = False  # flip when run_alignkit_grpo / run_trl_grpo below are written
+GRPO_RUNNERS_WRITTEN = True  # run_alignkit_grpo / run_trl_grpo below are written
 
 
 def grpo_available() -> tuple[bool, str]:
@@ -428,12 +453,205 @@ def grpo_available() -> tuple[bool, str]:
     return True, ""
 
 
+def prompt_digest(rows: list[list[int]]) -> str:
+    """A fingerprint of one step's prompt token ids (one row per completion, order-free)."""
+    return hashlib.sha1(json.dumps(sorted(rows)).encode()).hexdigest()[:16]
+
+
+def grpo_prompt_order(n: int, settings: Settings) -> list[int]:
+    """Indices of the rows alignkit's GRPO loop draws, step after step (its PromptStream)."""
+    from alignkit.train.online import PromptStream
+
+    stream = PromptStream(list(range(n)), settings.grpo_prompts, settings.seed)
+    return [i for step in range(settings.total_steps) for i in stream.batch(step)]
+
+
+def _alignkit_grpo_rows(data: Path, tokenizer, settings: Settings) -> list[list[int]]:
+    """alignkit's prompt token ids, one row per completion, in the order it samples them."""
+    from alignkit.data import load_dataset_records
+    from alignkit.data.tokenization import encode_prompt
+
+    records = load_dataset_records(str(data), "prompt")
+    rows = []
+    for i in grpo_prompt_order(len(records), settings):
+        ids = encode_prompt(records[i].prompt, tokenizer)[-settings.max_prompt_length :]
+        rows += [ids] * settings.num_generations
+    return rows
+
+
+def _grpo_extra(settings: Settings, **more: Any) -> dict[str, Any]:
+    if settings.gradient_accumulation_steps != 1:
+        raise ValueError(
+            "the GRPO benchmark makes one generation per optimizer step (no accumulation)"
+        )
+    return dict(
+        ref_forwards_per_step=1,  # β > 0: one reference forward over the step's sequences
+        prompts_per_step=settings.grpo_prompts,
+        num_generations=settings.num_generations,
+        max_new_tokens=settings.max_new_tokens,
+        grpo_beta=settings.grpo_beta,
+        **more,
+    )
+
+
 def run_alignkit_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str, Any]:
-    raise NotImplementedError("GRPO benchmark: see the hook comment in benchmarks/systems.py")
+    from alignkit.train.grpo import GRPOConfig, GRPOTrainer
+    from benchmarks.rewards import REWARD_SPEC
+
+    extra = _grpo_extra(
+        settings,
+        loss_aggregation="sequence",
+        # at μ = 1 alignkit still scores the samples once with the policy (no grad) for the
+        # old log-probs, KL and entropy metrics; TRL skips that forward (ratio = 1 by detach)
+        old_logps_forward=True,
+    )
+    _install_alignkit_probe(probe)
+    out = Path(tempfile.mkdtemp(prefix="bench-grpo-alignkit-", dir=data.parent)) / "run"
+    common = _alignkit_common(settings, "grpo", data, out)
+    common.update(batch_size=settings.grpo_prompts, gradient_accumulation_steps=1)
+    length = settings.max_new_tokens
+    cfg = GRPOConfig(
+        **common,
+        num_generations=settings.num_generations,
+        max_new_tokens=length,
+        min_new_tokens=length,  # EOS held back: every completion is exactly `length` tokens
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        kl_coef=settings.grpo_beta,
+        kl_target=None,
+        advantage_estimator="group_norm",
+        scale_rewards=True,
+        loss_normalization="sequence",
+        clip_eps=settings.clip_eps,
+        clip_eps_high=None,
+        num_iterations=1,
+        num_minibatches=1,
+        group_weighting=0.0,
+        reward={"reward_functions": [REWARD_SPEC]},
+        missing_eos_penalty=None,
+        guard={"detectors": {}},  # no run guard (TRL has none): no events inside the loop
+        rollouts_every=0,
+    )
+    trainer = GRPOTrainer(cfg)
+    original_sample = trainer.sample
+
+    def counting_sample(prompts, iteration):
+        if probe.train_begin is None:
+            probe.train_begin = time.perf_counter()
+            probe.threads_in_loop = torch.get_num_threads()
+        rollout, sequences = original_sample(prompts, iteration)
+        rows = [
+            ids[mask.bool()].tolist()
+            for ids, mask in zip(rollout.prompt_ids, rollout.prompt_mask, strict=True)
+        ]
+        probe.prompt_digests.append(prompt_digest(rows))
+        probe.micro_tokens.append(int(sequences.attention_mask.sum()))
+        probe.micro_generated.append(int(sequences.response_lengths.sum()))
+        group = settings.num_generations  # rows i·G .. i·G+G−1 answer prompt i
+        unique_prompts = sum(len(row) for row in rows[::group])
+        probe.micro_unique_tokens.append(unique_prompts + probe.micro_generated[-1])
+        return rollout, sequences
+
+    trainer.sample = counting_sample
+    n_params = count_matmul_params(trainer.policy, lm_head=True)
+    trainer.train()
+    return probe.record(
+        workload="grpo", system="alignkit", settings=settings, n_params=n_params, **extra
+    )
 
 
 def run_trl_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str, Any]:
-    raise NotImplementedError("GRPO benchmark: see the hook comment in benchmarks/systems.py")
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from benchmarks.rewards import letter_share
+
+    extra = _grpo_extra(settings, loss_aggregation="grpo", old_logps_forward=False)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-grpo-trl-", dir=data.parent))
+    path = settings.model_path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    dataset = load_dataset("json", data_files=str(data), split="train", cache_dir=str(tmp / "hf"))
+    dataset = dataset.select_columns(["prompt"])
+    dataset = dataset.select(grpo_prompt_order(len(dataset), settings))
+    common = _trl_common(settings, "grpo", tmp / "run")
+    del common["max_length"]  # GRPOConfig has none (no demo prompt nears alignkit's limit)
+    common.update(
+        per_device_train_batch_size=settings.grpo_prompts * settings.num_generations,  # completions
+        gradient_accumulation_steps=1,
+    )
+    length = settings.max_new_tokens
+    args = GRPOConfig(
+        **common,
+        num_generations=settings.num_generations,
+        steps_per_generation=1,  # generation batch = one optimizer step's completions
+        shuffle_dataset=False,  # the rows are already in alignkit's order
+        max_completion_length=length,
+        generation_kwargs={"min_new_tokens": length},  # EOS held back, as alignkit
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        min_p=None,
+        repetition_penalty=1.0,
+        beta=settings.grpo_beta,
+        num_iterations=1,
+        epsilon=settings.clip_eps,
+        epsilon_high=None,
+        loss_type="grpo",  # per-sequence token mean, then mean over completions
+        scale_rewards="group",
+        importance_sampling_level="token",
+        use_bias_correction_kl=False,  # alignkit's k3 term is not multiplied by the ratio
+        mask_truncated_completions=False,
+        top_entropy_quantile=1.0,
+        entropy_coef=0.0,
+        log_completions=False,
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=letter_share,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    n_params = count_matmul_params(model, lm_head=True)
+    trainer.add_callback(_trl_step_timer(probe))
+    seen_rows: list[list[int]] = []
+    original_generate = trainer._generate
+
+    def counting_generate(prompts):
+        result = original_generate(prompts)
+        if trainer.model.training:
+            prompt_ids, completion_ids = result[0], result[1]
+            rows = [[int(t) for t in ids] for ids in prompt_ids]
+            seen_rows.extend(rows)
+            probe.prompt_digests.append(prompt_digest(rows))
+            generated = sum(len(c) for c in completion_ids)
+            probe.micro_tokens.append(sum(len(r) for r in rows) + generated)
+            probe.micro_generated.append(generated)
+        return result
+
+    trainer._generate = counting_generate
+    compute_loss = trainer.compute_loss
+
+    def recording_compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+        if model.training:
+            probe.micro_losses.append(_float(loss))
+        return loss
+
+    trainer.compute_loss = recording_compute_loss
+    trainer.train()
+    expected = _alignkit_grpo_rows(data, tokenizer, settings)
+    extra["tokens_match_alignkit"] = tokens_match("grpo", seen_rows, expected[: len(seen_rows)])
+    return probe.record(
+        workload="grpo", system="trl", settings=settings, n_params=n_params, **extra
+    )
 
 
 RUNNERS = {"alignkit": run_alignkit, "trl": run_trl}

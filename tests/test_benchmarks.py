@@ -61,6 +61,21 @@ def test_mfu_arithmetic():
         core.mfu(1.0, 1, 0.0)
 
 
+def test_mfu_counts_shared_prompts_once():
+    record = _record()
+    assert core.unique_fraction(record, warmup_steps=1) == 1.0  # nothing counted: no sharing
+    steps = record["timed_steps"]
+    record["step_unique_tokens"] = [t // 2 for t in record["step_tokens"]]
+    share = core.unique_fraction(record, warmup_steps=1)
+    timed = record["step_tokens"][1 : 1 + steps]
+    assert share == pytest.approx(sum(t // 2 for t in timed) / sum(timed))
+    full, halved = dict(record), dict(record)
+    core.add_mfu(full, peak_flops=1e6)
+    core.add_mfu(halved, peak_flops=1e6, unique_share=share)
+    assert halved["mfu"] == pytest.approx(full["mfu"] * share)
+    assert halved["unique_tokens_per_s"] == pytest.approx(record["tokens_per_s"] * share)
+
+
 def test_matmul_params_counts_the_tied_head_once():
     from alignkit.models.tiny import tiny_random_llama
 
@@ -124,7 +139,88 @@ def test_quick_dpo_run_agrees_with_trl(tmp_path):
     a, t = records["alignkit"], records["trl"]
     assert a["step_tokens"] == t["step_tokens"]
     assert t["tokens_match_alignkit"] == 1.0
+    # each pair's prompt counted once: fewer unique tokens than tokens, more than half
+    for unique, tokens in zip(a["step_unique_tokens"], a["step_tokens"], strict=True):
+        assert tokens / 2 < unique < tokens
     assert math.isclose(a["first_loss"], math.log(2), abs_tol=1e-5)
     assert abs(a["first_loss"] - t["first_loss"]) < 1e-4
     for key in ("logps/chosen", "logps/rejected"):
         assert abs(a["first_metrics"][key] - t["first_metrics"][key]) < 1e-3
+
+
+def test_grpo_flops_count_generation_and_the_reference():
+    # 8·N per trained token (6·N + one reference forward) and 2·N per generated token
+    assert core.generation_flops_per_token(100) == 200
+    assert core.model_flops_per_s(10, 100, ref_forwards=1, generated_tokens_per_s=5) == 9000
+    assert core.mfu(10, 100, 9000.0, ref_forwards=1, generated_tokens_per_s=5) == pytest.approx(1)
+    record = _record(
+        workload="grpo",
+        step_ends=[0.0, 1.0, 2.0],
+        step_tokens=[100, 300, 500],
+        step_generated_tokens=[40, 40, 40],
+        losses=[0.0, 0.0, 0.0],
+        ref_forwards_per_step=1,
+    )
+    assert record["generated_tokens_per_s"] == pytest.approx(40)
+    assert record["tokens_per_s"] == pytest.approx(400)
+    core.add_mfu(record, peak_flops=1e6)
+    expected = (400 * 8 * 1000 + 40 * 2 * 1000) / 1e6
+    assert record["mfu"] == pytest.approx(expected)
+    core.validate_record(record)
+    other = dict(record, system="trl", step_generated_tokens=[40, 40, 39])
+    assert not core.compare(record, other).same_batches
+    assert core.compare(record, dict(record, system="trl")).same_batches
+
+
+def test_grpo_settings_count_prompts():
+    s = core.quick_settings(timed_steps=2, grpo_prompts=3)
+    assert s.examples_for("grpo") == (s.warmup_steps + 2) * 3
+    assert s.examples_for("dpo") == s.num_examples
+
+
+def test_grpo_reward_reads_both_calling_conventions():
+    from benchmarks.rewards import REWARD_SPEC, letter_share
+
+    assert letter_share(["q", "q"], ["ab12", ""]) == [0.5, 0.0]
+    trl_style = letter_share(
+        prompts=[[{"role": "user", "content": "q"}]],
+        completions=[[{"role": "assistant", "content": "a b"}]],
+        completion_ids=[[1, 2]],
+        trainer_state=None,
+    )
+    assert trl_style == [pytest.approx(2 / 3)]
+    from alignkit.rewards.python import load_function
+
+    assert load_function(REWARD_SPEC) is letter_share
+
+
+def test_quick_grpo_run_matches_trl_work(tmp_path):
+    """Both systems, one tiny GRPO run each, in this process: the same prompts per step, every
+    completion exactly max_new_tokens long, the same token counts, and a first loss of ~0 on
+    both sides (ratio 1, KL 0, group-normalised advantages)."""
+    pytest.importorskip("trl")
+    from benchmarks import run, systems
+
+    settings = core.quick_settings(warmup_steps=1, timed_steps=1, max_new_tokens=8)
+    settings.model_path = run.prepare_model(settings, tmp_path)
+    data = run.prepare_data("grpo", settings, tmp_path)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(settings.threads)
+        records = {s: systems.RUNNERS[s]("grpo", settings, data) for s in core.SYSTEMS}
+    finally:
+        torch.set_num_threads(threads)
+        systems.uninstall_alignkit_probe()
+    for r in records.values():
+        core.add_mfu(r, 1e11)
+        core.validate_record(r)
+        assert r["ref_forwards_per_step"] == 1
+    a, t = records["alignkit"], records["trl"]
+    completions = settings.grpo_prompts * settings.num_generations
+    assert a["step_generated_tokens"] == [completions * 8] * settings.total_steps
+    assert t["step_generated_tokens"] == a["step_generated_tokens"]
+    assert a["step_tokens"] == t["step_tokens"]
+    assert a["step_prompt_digests"] == t["step_prompt_digests"]
+    assert t["tokens_match_alignkit"] == 1.0
+    assert core.compare(a, t).same_batches
+    assert abs(a["first_loss"]) < 1e-5 and abs(t["first_loss"]) < 1e-5

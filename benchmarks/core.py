@@ -287,15 +287,19 @@ def add_mfu(
     n_params: int | None = None,
     unique_share: float = 1.0,
 ) -> None:
-    """Fill ``mfu`` (and ``model_tflops``, ``unique_tokens_per_s``) from the unique tokens
-    per second (tokens_per_s × `unique_share`), N and the measured peak."""
+    """Fill ``mfu`` and ``model_tflops`` from tokens_per_s (every real token, a shared
+    prompt once per sequence: the issue's definition), and ``mfu_unique`` and
+    ``unique_tokens_per_s`` from the unique tokens per second (tokens_per_s ×
+    `unique_share`: each shared prompt once, the work that has to be done), N and the
+    measured peak."""
     n = record["n_params"] if n_params is None else n_params
     ref = record.get("ref_forwards_per_step", 0)
     generated = record.get("generated_tokens_per_s") or 0.0
     unique = record["tokens_per_s"] * unique_share
     record["unique_tokens_per_s"] = unique
-    record["mfu"] = mfu(unique, n, peak_flops, ref, generated)
-    record["model_tflops"] = model_flops_per_s(unique, n, ref, generated) / 1e12
+    record["mfu"] = mfu(record["tokens_per_s"], n, peak_flops, ref, generated)
+    record["mfu_unique"] = mfu(unique, n, peak_flops, ref, generated)
+    record["model_tflops"] = model_flops_per_s(record["tokens_per_s"], n, ref, generated) / 1e12
 
 
 def validate_record(record: dict[str, Any]) -> None:

@@ -190,12 +190,12 @@ def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -
     console = Console(width=132)
     table = Table(title="alignkit vs TRL (same data, batches, optimiser, steps; float32, CPU)")
     columns = ("workload", "system", "tokens/s", "generated tok/s", "step s (median)")
-    for name in (*columns, "peak RSS MiB", "MFU"):
+    for name in (*columns, "peak RSS MiB", "MFU", "MFU unique"):
         table.add_column(name, justify="left" if name in ("workload", "system") else "right")
     table.add_column("first loss", justify="right")
     for r in records:
         if "error" in r:
-            table.add_row(r["workload"], _system(r), "[red]failed[/red]", "", "", "", "", "")
+            table.add_row(r["workload"], _system(r), "[red]failed[/red]", *[""] * 6)
             continue
         table.add_row(
             r["workload"],
@@ -205,6 +205,7 @@ def print_report(records: list[dict[str, Any]], comparisons: list, peak: dict) -
             f"{r['step_s_median']:.3f}",
             f"{r['peak_rss_mib']:.0f}",
             _fmt(r["mfu"] and 100 * r["mfu"], ".1f") + "%",
+            _fmt(r.get("mfu_unique") and 100 * r["mfu_unique"], ".1f") + "%",
             f"{r['first_loss']:.6f}",
         )
     console.print(table)

@@ -103,29 +103,34 @@ def _shared_prompt_attention(
             q, k, v, dropout_p=p_drop, scale=scaling, enable_gqa=grouped, **mask
         )
 
+    # split, never slice, the full row: a slice's backward writes a zero tensor the size of
+    # the whole row, once per slice
+    groups = [prompt + sum(responses) for prompt, responses in segments]
     outputs = []
-    start = 0
-    for prompt, responses in segments:
-        first = slice(start, start + prompt + responses[0])
-        outputs.append(
-            attend(query[:, :, first], key[:, :, first], value[:, :, first], is_causal=True)
-        )
-        start = first.stop
-        for n in responses[1:]:
+    for (prompt, responses), q_group, k_group, v_group in zip(
+        segments,
+        query.split(groups, dim=2),
+        key.split(groups, dim=2),
+        value.split(groups, dim=2),
+        strict=True,
+    ):
+        pieces = [prompt + responses[0], *responses[1:]]
+        qs, ks, vs = (t.split(pieces, dim=2) for t in (q_group, k_group, v_group))
+        outputs.append(attend(qs[0], ks[0], vs[0], is_causal=True))
+        prompt_keys, prompt_values = ks[0][:, :, :prompt], vs[0][:, :, :prompt]
+        for q, k, v in zip(qs[1:], ks[1:], vs[1:], strict=True):
+            n = q.shape[2]
             if not n:
                 continue
-            own = slice(start, start + n)
-            prompt_keys = slice(first.start, first.start + prompt)
             sees = torch.ones(n, prompt + n, dtype=torch.bool, device=query.device)
             outputs.append(
                 attend(
-                    query[:, :, own],
-                    torch.cat([key[:, :, prompt_keys], key[:, :, own]], dim=2),
-                    torch.cat([value[:, :, prompt_keys], value[:, :, own]], dim=2),
+                    q,
+                    torch.cat([prompt_keys, k], dim=2),
+                    torch.cat([prompt_values, v], dim=2),
                     attn_mask=sees.tril(diagonal=prompt),
                 )
             )
-            start += n
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
 
 

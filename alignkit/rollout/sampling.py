@@ -15,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.records import Text
 from alignkit.data.tokenization import encode_prompt, pad_sequences
+from alignkit.rollout.prepacked import prepacked_linears
 
 
 @dataclass
@@ -88,7 +89,9 @@ def sample(
     Rows of the result are grouped by prompt: rows i·G .. i·G+G−1 answer prompt i. With
     G > 1 the prompts are encoded once: one prefill over the unique prompts fills the KV
     cache, which is then repeated G times, so the G samples share it instead of each
-    re-reading the prompt. A prompt longer than `max_prompt_length` keeps its end.
+    re-reading the prompt. A prompt longer than `max_prompt_length` keeps its end. On the
+    CPU the decoding steps use weights prepacked for the batch
+    (:func:`~alignkit.rollout.prepacked.prepacked_linears`).
     """
     config = config or SamplingConfig()
     encoded = [encode_prompt(p, tokenizer) for p in prompts]
@@ -119,19 +122,21 @@ def sample(
                     attention_mask=unique_mask[:, :-1].to(device),
                     use_cache=True,
                 )
-                cache = prefill.past_key_values
+                cache = prefill.cache
                 cache.batch_repeat_interleave(num_samples)
                 generate_kwargs["cache"] = cache
-            output = model.generate(
-                input_ids=prompt_ids.to(device),
-                attention_mask=prompt_mask.to(device),
-                max_new_tokens=config.max_new_tokens,
-                min_new_tokens=config.min_new_tokens or None,
-                do_sample=config.do_sample,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **generate_kwargs,
-            )
+            # every decoding step multiplies one token per row by each weight matrix
+            with prepacked_linears(model, rows=prompt_ids.shape[0]):
+                output = model.generate(
+                    input_ids=prompt_ids.to(device),
+                    attention_mask=prompt_mask.to(device),
+                    max_new_tokens=config.max_new_tokens,
+                    min_new_tokens=config.min_new_tokens or None,
+                    do_sample=config.do_sample,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **generate_kwargs,
+                )
     finally:
         model.train(was_training)
     response_ids = output[:, prompt_ids.shape[1] :].cpu()

@@ -1,0 +1,48 @@
+"""Prepacked linear weights for decoding: same outputs, used only where they apply."""
+
+import torch
+
+from alignkit.models.tiny import tiny_random_llama
+from alignkit.rollout import prepacked
+from alignkit.rollout.prepacked import prepacked_linears, prepacking_available
+from alignkit.rollout.sampling import SamplingConfig, sample
+
+
+def test_linear_outputs_match_for_the_packed_row_count_only(monkeypatch):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24)
+    calls = []
+    real = prepacked.packed_linear
+    monkeypatch.setattr(prepacked, "packed_linear", lambda *a: calls.append(1) or real(*a))
+    x, other = torch.randn(4, 1, 16), torch.randn(3, 16)
+    with torch.no_grad():
+        expected, expected_other = layer(x), layer(other)
+        with prepacked_linears(layer, rows=4) as active:
+            assert active == prepacking_available(layer)
+            got, got_other = layer(x), layer(other)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(got_other, expected_other)  # 3 rows: the usual path
+    assert len(calls) == (1 if active else 0)
+    assert "forward" not in vars(layer)  # restored on exit
+
+
+def test_autograd_takes_the_usual_path():
+    layer = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8, requires_grad=True)
+    with prepacked_linears(layer, rows=2):
+        layer(x).sum().backward()
+    assert layer.weight.grad is not None and x.grad is not None
+
+
+def test_sampling_with_prepacked_weights_gives_the_same_tokens(monkeypatch):
+    model, tok = tiny_random_llama(seed=2)
+    prompts = ["hello there", "hi"]
+    cfg = SamplingConfig(max_new_tokens=8, do_sample=False)
+    calls = []
+    real = prepacked.packed_linear
+    monkeypatch.setattr(prepacked, "packed_linear", lambda *a: calls.append(1) or real(*a))
+    packed = sample(model, tok, prompts, cfg, num_samples=3)
+    assert calls or not prepacking_available(model)
+    monkeypatch.setattr(prepacked, "prepacking_available", lambda model: False)
+    plain = sample(model, tok, prompts, cfg, num_samples=3)
+    assert torch.equal(packed.response_ids, plain.response_ids)

@@ -498,13 +498,8 @@ def run_alignkit_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str,
     from alignkit.train.grpo import GRPOConfig, GRPOTrainer
     from benchmarks.rewards import REWARD_SPEC
 
-    extra = _grpo_extra(
-        settings,
-        loss_aggregation="sequence",
-        # at μ = 1 alignkit still scores the samples once with the policy (no grad) for the
-        # old log-probs, KL and entropy metrics; TRL skips that forward (ratio = 1 by detach)
-        old_logps_forward=True,
-    )
+    # at μ = 1 with one minibatch both take the old log-probs from the update's forward
+    extra = _grpo_extra(settings, loss_aggregation="sequence", old_logps_forward=False)
     _install_alignkit_probe(probe)
     out = Path(tempfile.mkdtemp(prefix="bench-grpo-alignkit-", dir=data.parent)) / "run"
     common = _alignkit_common(settings, "grpo", data, out)

@@ -283,20 +283,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_settings(args: argparse.Namespace) -> Settings:
     settings = quick_settings() if args.quick else Settings()
-    if args.steps is not None:
-        settings.timed_steps = args.steps
-    if args.warmup is not None:
-        settings.warmup_steps = args.warmup
-    if args.batch_size is not None:
-        settings.batch_size = args.batch_size
-    if args.grpo_prompts is not None:
-        settings.grpo_prompts = args.grpo_prompts
-    if args.num_generations is not None:
-        settings.num_generations = args.num_generations
-    if args.max_new_tokens is not None:
-        settings.max_new_tokens = args.max_new_tokens
-    if args.threads is not None:
-        settings.threads = args.threads
+    overrides = {
+        "timed_steps": args.steps,
+        "warmup_steps": args.warmup,
+        "batch_size": args.batch_size,
+        "grpo_prompts": args.grpo_prompts,
+        "num_generations": args.num_generations,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+    }
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(settings, name, value)
     if args.model:
         settings.model = args.model
     if settings.warmup_steps < 1:

@@ -118,25 +118,31 @@ def test_settings_roundtrip():
     assert s.num_examples == (s.warmup_steps + 2) * s.batch_size
 
 
-def test_quick_dpo_run_agrees_with_trl(tmp_path):
-    """Both systems, one tiny DPO run each, in this process: records exist, batches and
-    tokens are identical, and the first losses (and first-batch log-probs) agree."""
+def _run_both_systems(workload: str, settings, tmp_path) -> dict:
+    """One run of `workload` per system in this process, records validated."""
     pytest.importorskip("trl")
     from benchmarks import run, systems
 
-    settings = core.quick_settings(warmup_steps=1, timed_steps=1, batch_size=2)
     settings.model_path = run.prepare_model(settings, tmp_path)
-    data = run.prepare_data("dpo", settings, tmp_path)
+    data = run.prepare_data(workload, settings, tmp_path)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(settings.threads)
-        records = {s: systems.RUNNERS[s]("dpo", settings, data) for s in core.SYSTEMS}
+        records = {s: systems.RUNNERS[s](workload, settings, data) for s in core.SYSTEMS}
     finally:
         torch.set_num_threads(threads)
         systems.uninstall_alignkit_probe()
     for r in records.values():
         core.add_mfu(r, 1e11)
         core.validate_record(r)
+    return records
+
+
+def test_quick_dpo_run_agrees_with_trl(tmp_path):
+    """Both systems, one tiny DPO run each, in this process: records exist, batches and
+    tokens are identical, and the first losses (and first-batch log-probs) agree."""
+    settings = core.quick_settings(warmup_steps=1, timed_steps=1, batch_size=2)
+    records = _run_both_systems("dpo", settings, tmp_path)
     a, t = records["alignkit"], records["trl"]
     assert a["step_tokens"] == t["step_tokens"]
     assert t["tokens_match_alignkit"] == 1.0
@@ -199,23 +205,9 @@ def test_quick_grpo_run_matches_trl_work(tmp_path):
     """Both systems, one tiny GRPO run each, in this process: the same prompts per step, every
     completion exactly max_new_tokens long, the same token counts, and a first loss of ~0 on
     both sides (ratio 1, KL 0, group-normalised advantages)."""
-    pytest.importorskip("trl")
-    from benchmarks import run, systems
-
     settings = core.quick_settings(warmup_steps=1, timed_steps=1, max_new_tokens=8)
-    settings.model_path = run.prepare_model(settings, tmp_path)
-    data = run.prepare_data("grpo", settings, tmp_path)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(settings.threads)
-        records = {s: systems.RUNNERS[s]("grpo", settings, data) for s in core.SYSTEMS}
-    finally:
-        torch.set_num_threads(threads)
-        systems.uninstall_alignkit_probe()
-    for r in records.values():
-        core.add_mfu(r, 1e11)
-        core.validate_record(r)
-        assert r["ref_forwards_per_step"] == 1
+    records = _run_both_systems("grpo", settings, tmp_path)
+    assert all(r["ref_forwards_per_step"] == 1 for r in records.values())
     a, t = records["alignkit"], records["trl"]
     completions = settings.grpo_prompts * settings.num_generations
     assert a["step_generated_tokens"] == [completions * 8] * settings.total_steps

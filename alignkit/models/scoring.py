@@ -70,11 +70,6 @@ def supports_padding_free(model: nn.Module) -> bool:
     return packs_sequences(model) and supports_logits_to_keep(model)
 
 
-def _packable(attention_mask: torch.Tensor, mask: torch.Tensor) -> bool:
-    """Padding to remove, each row's real tokens contiguous, every label on a real token."""
-    return _padded_and_contiguous(attention_mask) and _labels_on_real_tokens(attention_mask, mask)
-
-
 def _labels_on_real_tokens(attention_mask: torch.Tensor, mask: torch.Tensor) -> bool:
     """Some label, and every label predicted from a real token: position t predicts token
     t+1, both must be real."""

@@ -6,10 +6,9 @@ import torch
 from alignkit.models import apply_lora, tiny_random_llama
 from alignkit.models.reference import ReferencePolicy
 from alignkit.models.scoring import (
-    _packable,
     labelled_token_logprobs,
     labelled_token_stats,
-    shifted_labels,
+    pack_batch,
     supports_padding_free,
 )
 from alignkit.ops.logprobs import entropy_from_logits
@@ -45,7 +44,7 @@ def test_packed_scores_equal_the_padded_forward(left):
     model, _ = tiny_random_llama(seed=3)
     ids, attn, labels = _batch(left)
     assert supports_padding_free(model)
-    assert _packable(attn, shifted_labels(labels)[1])
+    assert pack_batch(model, ids, attn) is not None
     logps, keep = labelled_token_logprobs(model, ids, attn, labels)
     assert logps.shape == keep.shape == (3, ids.shape[1] - 1)
     assert torch.allclose(logps, _padded_reference(model, ids, attn, labels), atol=1e-5)
@@ -91,12 +90,12 @@ def test_packed_through_peft_and_reference():
 
 
 def test_packing_refused_without_padding_or_with_holes():
-    _ids, attn, labels = _batch()
-    mask = shifted_labels(labels)[1]
-    assert not _packable(torch.ones_like(attn), mask)  # nothing to remove
+    model, _ = tiny_random_llama(seed=3)
+    ids, attn, _ = _batch()
+    assert pack_batch(model, ids, torch.ones_like(attn)) is None  # nothing to remove
     holes = attn.clone()
     holes[0, 1] = 0
-    assert not _packable(holes, mask)  # a row whose real tokens are not contiguous
+    assert pack_batch(model, ids, holes) is None  # a row whose real tokens are not contiguous
 
 
 def test_packed_entropy_and_its_gradient_equal_the_padded_forward():

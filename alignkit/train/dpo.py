@@ -78,10 +78,7 @@ def pair_logps(
     """Sequence log-probs of the chosen and rejected halves from ONE forward pass, each
     pair's prompt run through the network once where the model allows it."""
     token_logps, mask = labelled_token_logprobs(
-        model,
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["labels"],
+        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
     )
     logps = sequence_logprobs(token_logps, mask, average=average)
     half = logps.shape[0] // 2

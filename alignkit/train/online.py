@@ -114,6 +114,10 @@ class OnlineConfig(TrainConfig):
                 "reward_model",
                 "an online run needs a reward: --reward-model PATH or a reward section",
             )
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ConfigValueError(
+                "min_new_tokens", f"must not exceed max_new_tokens ({self.max_new_tokens})"
+            )
 
     def reward_section(self) -> dict[str, Any]:
         section = dict(self.reward)

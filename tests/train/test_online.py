@@ -192,6 +192,15 @@ def test_online_run_needs_a_reward():
         load_config(GRPOConfig, None, ["--dataset", "demo"])
 
 
+def test_min_new_tokens_above_max_is_one_clear_error():
+    from alignkit.config import load_config
+
+    args = ["--dataset", "demo", "--reward-model", "rm", "--max-new-tokens", "8"]
+    with pytest.raises(UserError, match="min_new_tokens"):
+        load_config(GRPOConfig, None, [*args, "--min-new-tokens", "9"])
+    assert load_config(GRPOConfig, None, [*args, "--min-new-tokens", "8"]).min_new_tokens == 8
+
+
 def test_ppo_ptx_mixes_in_the_sft_loss(tmp_path, rewards):
     cfg = PPOConfig(**settings(tmp_path, rewards, max_steps=2, ppo_epochs=1, num_minibatches=2,
                                ptx_dataset="demo", ptx_coef=0.5, entropy_coef=0.01))  # fmt: skip

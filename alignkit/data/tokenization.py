@@ -409,8 +409,9 @@ def pack_sequences(tokenized: Sequence[dict[str, Any]], max_length: int) -> list
     Each block has input_ids, labels and position_ids; position ids restart at 0 for every
     example, and the first label of every example is -100 so no example learns to predict
     its first token from the previous one. An example longer than ``max_length`` is cut to
-    it. Note: attention is NOT blocked between examples of a block with the default (sdpa or
-    eager) attention; only the position ids restart. ``group`` is the block's first group.
+    it. The SFT loss turns the restarting position ids into attention boundaries on
+    Llama-family decoders (each example attends to itself only); on other decoders only the
+    position ids restart. ``group`` is the block's first group.
     """
     if max_length < 1:
         raise ValueError(f"max_length must be positive, got {max_length}")

@@ -167,17 +167,27 @@ def pack_batch(
     attention_mask: torch.Tensor,
     *,
     prompt_lengths: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
 ) -> PackedBatch | None:
     """The packed form of a batch for this decoder, or None when it should run padded.
 
-    With `prompt_lengths` [B] and an attention that can share prompts, rows that open with
-    the same prompt run it through the network once (:func:`pack_shared_prompts`);
-    otherwise a padded batch packs its real tokens (:func:`pack_rows`) and each sequence
-    attends to itself only.
+    With `position_ids` [B, T] (rows that are blocks of several examples, the positions
+    restarting at each: packed SFT), the real tokens run as one row with those positions
+    and every example attends to itself only. With `prompt_lengths` [B] and an attention
+    that can share prompts, rows that open with the same prompt run it through the network
+    once (:func:`pack_shared_prompts`); otherwise a padded batch packs its real tokens
+    (:func:`pack_rows`) and each sequence attends to itself only.
     """
     if not packs_sequences(model):
         return None
     config = unwrap_model(model).config
+    if position_ids is not None:
+        real = attention_mask.bool()
+        if not _contiguous(real):
+            return None
+        packed_ids, _, index = pack_rows(input_ids, attention_mask)
+        positions = position_ids[real].unsqueeze(0)
+        return PackedBatch(packed_ids, positions, index, packed_attention_kwargs(config, positions))
     if prompt_lengths is not None:
         shared = pack_shared_prompts(input_ids, attention_mask, prompt_lengths.cpu())
         kwargs = shared_prompt_attention_kwargs(config, shared[3]) if shared else None
@@ -244,14 +254,16 @@ def labelled_token_logprobs(
     labels: torch.Tensor,
     *,
     temperature: float = 1.0,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log π(y_t | y_<t) for every labelled token, in one forward pass.
 
     Returns `(token_logps [B, T-1], mask [B, T-1])`, where position t scores `input_ids[:, t+1]`
-    and the mask is 1 where the label is not -100 (prompt and padding are 0).
+    and the mask is 1 where the label is not -100 (prompt and padding are 0). `position_ids`
+    [B, T]: rows are blocks of several examples whose positions restart at each (packed SFT).
     """
     logps, mask, _ = labelled_token_stats(
-        model, input_ids, attention_mask, labels, temperature=temperature
+        model, input_ids, attention_mask, labels, temperature=temperature, position_ids=position_ids
     )
     return logps, mask
 
@@ -264,6 +276,7 @@ def labelled_token_stats(
     *,
     temperature: float = 1.0,
     with_entropy: bool = False,
+    position_ids: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Like :func:`labelled_token_logprobs`, plus the policy's entropy when asked:
     H(π(·|y_<t)) at temperature τ, [B, T-1], meaningful where the mask is 1 (mask it).
@@ -285,8 +298,11 @@ def labelled_token_stats(
     targets, mask = shifted_labels(labels)
     packed = None
     if supports_logits_to_keep(model) and _labels_on_real_tokens(attention_mask, mask):
-        prompts = prompt_lengths_from_labels(attention_mask, labels).cpu()
-        packed = pack_batch(model, input_ids, attention_mask, prompt_lengths=prompts)
+        if position_ids is None:
+            prompts = prompt_lengths_from_labels(attention_mask, labels).cpu()
+            packed = pack_batch(model, input_ids, attention_mask, prompt_lengths=prompts)
+        else:
+            packed = pack_batch(model, input_ids, attention_mask, position_ids=position_ids)
     if packed is not None:
         logps, entropy = _padding_free_logprobs(
             model, packed, targets, mask, temperature, with_entropy
@@ -295,7 +311,7 @@ def labelled_token_stats(
     width = targets.shape[1]
     labelled_columns = mask.any(dim=0)
     first = int(labelled_columns.float().argmax()) if bool(labelled_columns.any()) else width - 1
-    kwargs = {}
+    kwargs = {} if position_ids is None else {"position_ids": position_ids}
     if first > 0 and supports_logits_to_keep(model):
         # keep positions first .. T-1; the last one predicts nothing and is dropped below
         kwargs["logits_to_keep"] = input_ids.shape[1] - first

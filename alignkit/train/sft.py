@@ -12,7 +12,6 @@ from transformers import PreTrainedTokenizerBase
 from alignkit.config import option
 from alignkit.data import SFTCollator, pack_sequences
 from alignkit.models.scoring import labelled_token_logprobs
-from alignkit.ops.losses import sft_loss
 from alignkit.train.common import (
     evaluate_in_batches,
     export_merged_lora,
@@ -39,20 +38,17 @@ def sft_batch_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Mean next-token cross-entropy over labelled tokens of one batch.
 
-    Unpacked batches go through `labelled_token_logprobs`, which drops the padding and runs
-    the vocabulary projection only where a label is predicted; packed blocks carry their own
-    position ids and take the plain forward.
+    Through `labelled_token_logprobs`, which drops the padding and runs the vocabulary
+    projection only where a label is predicted. Packed blocks carry position ids that
+    restart at each example; on a Llama-family decoder each example then attends to itself
+    only, exactly as if it were alone.
     """
-    if "position_ids" in batch:
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-        ).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        return sft_loss(logits, labels), {"num_tokens": (labels != -100).sum().float()}
     logps, mask = labelled_token_logprobs(
-        model, batch["input_ids"], batch["attention_mask"], batch["labels"]
+        model,
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["labels"],
+        position_ids=batch.get("position_ids"),
     )
     num_tokens = mask.sum()
     loss = -(logps * mask).sum() / num_tokens.clamp(min=1)

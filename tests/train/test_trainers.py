@@ -5,6 +5,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from alignkit.models import load_scalar_model
 from alignkit.train.dpo import DPOConfig, DPOTrainer
@@ -150,3 +151,26 @@ def test_sft_with_packing_trains(tmp_path):
     cfg = SFTConfig(**common(tmp_path, data, max_steps=3, learning_rate=1e-3, packing=True))
     result = SFTTrainer(cfg).train()
     assert math.isfinite(result.train_metrics["loss"])
+
+
+def test_packed_sft_examples_do_not_see_each_other():
+    """A packed block scores each example exactly as that example alone: no attention
+    across the seam (position ids restart, and so must the attention)."""
+    from alignkit.data import SFTCollator, SFTExample, pack_sequences, tokenize_sft
+    from alignkit.models import tiny_random_llama
+    from alignkit.train.sft import sft_batch_loss
+
+    model, tok = tiny_random_llama(seed=7)
+    feats = [tokenize_sft(SFTExample("q" * n, "answer " * n), tok) for n in (2, 3, 1)]
+    collate = SFTCollator(tok.pad_token_id)
+    packed = collate(pack_sequences(feats, max_length=200))
+    assert packed["input_ids"].shape[0] == 1  # one block holds all three
+    alone = [sft_batch_loss(model, collate([f])) for f in feats]
+    # sum of per-token losses: the block's mean × its tokens = Σ each example's mean × tokens
+    expected = sum(loss * m["num_tokens"] for loss, m in alone)
+    expected_tokens = sum(m["num_tokens"] for _, m in alone)
+    loss, metrics = sft_batch_loss(model, packed)
+    # pack_sequences masks each example's first label; alone, the first label is a prompt
+    # token (masked too), so the labelled tokens are the same
+    assert metrics["num_tokens"] == expected_tokens
+    assert torch.allclose(loss * metrics["num_tokens"], expected, atol=1e-4)

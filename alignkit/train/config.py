@@ -83,6 +83,10 @@ class TrainConfig:
     dtype: Literal["float32", "bfloat16"] = option(
         "float32", "Weights dtype (bfloat16 halves memory)."
     )
+    gradient_checkpointing: bool = option(
+        False,
+        "Recompute each layer's activations in the backward pass: less memory, ~1/3 more compute.",
+    )
 
     # LoRA
     use_lora: bool = option(False, "Train LoRA adapters instead of all weights.")

@@ -64,6 +64,7 @@ from accelerate.utils import DistributedType, send_to_device, set_seed
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from alignkit.errors import UserError
 from alignkit.train.checkpoint import (
@@ -145,6 +146,22 @@ def mean_dicts(records: list[dict[str, float]]) -> dict[str, float]:
     }
 
 
+def enable_gradient_checkpointing(model: nn.Module) -> int:
+    """Turn on activation checkpointing in every transformers model inside `model` (a causal
+    LM, a reward/critic backbone, both of PPO's, under PEFT or not): each decoder layer keeps
+    only its input and is recomputed, with the same keywords, in the backward pass.
+    Non-reentrant, so frozen embeddings (LoRA) need no extra hook. Returns how many models
+    were switched; a model that cannot checkpoint is a user error."""
+    switched = 0
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel) and not module.is_gradient_checkpointing:
+            if not module.supports_gradient_checkpointing:
+                raise UserError(f"{type(module).__name__} does not support gradient_checkpointing")
+            module.gradient_checkpointing_enable({"use_reentrant": False})
+            switched += 1
+    return switched
+
+
 class Engine:
     """Owns the accelerator, the (prepared) model, optimizer, scheduler, run folder, checkpoints.
 
@@ -193,6 +210,8 @@ class Engine:
         )
         self._save_model = save_model or default_save_model
         self._load_model = load_model or default_load_model
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         optimizer = optimizer or build_optimizer(model, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None

@@ -174,3 +174,29 @@ def test_packed_sft_examples_do_not_see_each_other():
     # token (masked too), so the labelled tokens are the same
     assert metrics["num_tokens"] == expected_tokens
     assert torch.allclose(loss * metrics["num_tokens"], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["dpo", "rm"])
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path, kind):
+    """Activation checkpointing recomputes each layer in the backward pass (the packed,
+    prompt-sharing attention included): same losses and the same weights after training."""
+    data = write_preferences(tmp_path / "prefs.jsonl", n=24)
+    trainer_cls, config_cls = {"dpo": (DPOTrainer, DPOConfig), "rm": (RewardTrainer, RewardConfig)}[
+        kind
+    ]
+    runs = {}
+    for on in (False, True):
+        cfg = config_cls(**common(tmp_path / str(on), data, max_steps=3, learning_rate=1e-3,
+                                  log_every=1, gradient_checkpointing=on))  # fmt: skip
+        trainer = trainer_cls(cfg)
+        trainer.train()
+        assert (
+            any(getattr(m, "is_gradient_checkpointing", False) for m in trainer.model.modules())
+            == on
+        )
+        losses = [r["loss"] for r in read_jsonl(f"{cfg.output_dir}/metrics.jsonl") if "loss" in r]
+        runs[on] = (losses, [p.detach().clone() for p in trainer.model.parameters()])
+    (losses_off, params_off), (losses_on, params_on) = runs[False], runs[True]
+    assert losses_on == pytest.approx(losses_off, abs=1e-5)
+    for a, b in zip(params_off, params_on, strict=True):
+        assert (a - b).abs().max() < 1e-5

@@ -296,11 +296,13 @@ class OnlineTrainer:
         for name, values in output.parts.items():
             metrics[f"rewards/{name}"] = float(values.mean())
         groups = [p.group for p in prompts for _ in range(self.samples_per_prompt)]
-        metrics.update(group_figures(output.scores, groups, prefix="objective/scores"))
+        metrics.update(
+            group_figures(output.scores, groups, prefix="objective/scores", with_counts=True)
+        )
         if self.gold_fn is not None:
             gold = self.gold_fn(expanded, texts).scores
             metrics["gold/score"] = float(gold.mean())
-            metrics.update(group_figures(gold, groups, prefix="gold/score"))
+            metrics.update(group_figures(gold, groups, prefix="gold/score", with_counts=True))
         if self.normalizer is not None:
             scores = self.normalizer(scores, update=True)
         metrics["completions/mean_length"] = float(sequences.response_lengths.float().mean())
@@ -512,30 +514,58 @@ def minibatches(
 
 
 def reduce_across_processes(engine: Engine, metrics: dict[str, float]) -> dict[str, float]:
-    """Mean of each metric over the processes that have it.
-
-    Per-group figures differ between processes (one may see no prompt of a group), so
-    the keys are first agreed on; a process without a key contributes nothing to it.
-    """
+    """The iteration's metrics of every process combined (:func:`combine_process_metrics`),
+    the same on every process."""
     if engine.accelerator.num_processes == 1:
-        return dict(metrics)
+        return combine_process_metrics([metrics])
     from accelerate.utils import gather_object
 
-    keys = sorted(set().union(*gather_object([sorted(metrics)])))
-    values = torch.tensor(
-        [metrics.get(k, 0.0) for k in keys], dtype=torch.float64, device=engine.device
-    )
-    present = torch.tensor(
-        [float(k in metrics) for k in keys], dtype=torch.float64, device=engine.device
-    )
-    totals = engine.accelerator.reduce(torch.stack([values * present, present]), reduction="sum")
-    return {k: float(totals[0, i] / totals[1, i]) for i, k in enumerate(keys)}
+    return combine_process_metrics(gather_object([metrics]))
+
+
+COUNT_SUFFIX = "#count"  # `<prefix>/<group>#count`: rows behind a per-group figure
+
+
+def combine_process_metrics(per_process: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One set of metrics from each process's: a per-group figure that carries its row
+    count (`<key>#count`, from ``group_figures(..., with_counts=True)``) is the
+    count-weighted mean over processes, and `<prefix>/group_gap` is recomputed from the
+    combined group means (a process may see one group only, or none); any other metric is
+    the mean over the processes that have it. Counts are not returned."""
+    keys = sorted(set().union(*per_process))
+    combined: dict[str, float] = {}
+    for key in keys:
+        if key.endswith(COUNT_SUFFIX):
+            continue
+        having = [m for m in per_process if key in m]
+        counts = [m.get(key + COUNT_SUFFIX) for m in having]
+        if all(c is not None for c in counts) and sum(counts) > 0:
+            combined[key] = sum(m[key] * c for m, c in zip(having, counts, strict=True)) / sum(
+                counts
+            )
+        else:
+            combined[key] = sum(m[key] for m in having) / len(having)
+    groups_by_prefix: dict[str, list[float]] = {}
+    for key in keys:
+        if key.endswith(COUNT_SUFFIX):
+            figure = key[: -len(COUNT_SUFFIX)]
+            groups_by_prefix.setdefault(figure.rsplit("/", 1)[0], []).append(combined[figure])
+    for prefix, values in groups_by_prefix.items():
+        if len(values) > 1:
+            combined[f"{prefix}/group_gap"] = max(values) - min(values)
+    return combined
 
 
 def group_figures(
-    values: torch.Tensor, groups: Sequence[str | None], *, prefix: str
+    values: torch.Tensor,
+    groups: Sequence[str | None],
+    *,
+    prefix: str,
+    with_counts: bool = False,
 ) -> dict[str, float]:
-    """Mean of `values` per user group, and the gap between the best and the worst group."""
+    """Mean of `values` per user group, and the gap between the best and the worst group;
+    with `with_counts`, also each group's row count (`<prefix>/<group>#count`) so that
+    :func:`combine_process_metrics` can weight and re-take the gap across processes."""
     by_group: dict[str, list[float]] = {}
     for value, group in zip(values.tolist(), groups, strict=True):
         if group is not None:
@@ -543,4 +573,6 @@ def group_figures(
     figures = {f"{prefix}/{g}": sum(v) / len(v) for g, v in sorted(by_group.items())}
     if len(figures) > 1:
         figures[f"{prefix}/group_gap"] = max(figures.values()) - min(figures.values())
+    if with_counts:
+        figures.update({f"{prefix}/{g}{COUNT_SUFFIX}": float(len(v)) for g, v in by_group.items()})
     return figures

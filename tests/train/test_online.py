@@ -249,3 +249,29 @@ def test_grpo_folded_old_policy_pass_changes_nothing(tmp_path, rewards, monkeypa
     assert r_folded[0]["tokens"][0]["logp"] == pytest.approx(
         r_separate[0]["tokens"][0]["logp"], abs=1e-5
     )
+
+
+def test_process_metrics_combine_groups_by_count_and_recompute_the_gap():
+    """Two processes: per-group scores are count-weighted, the gap is taken between the
+    combined group means (even when no single process saw two groups), other metrics are
+    plain means, and the counts do not leak into the result."""
+    import torch
+
+    from alignkit.train.online import combine_process_metrics, group_figures
+
+    one = {"objective/kl": 0.2} | group_figures(
+        torch.tensor([1.0, 1.0, 1.0]), ["a", "a", "a"], prefix="objective/scores", with_counts=True
+    )
+    two = {"objective/kl": 0.4} | group_figures(
+        torch.tensor([0.0, 0.5]), ["a", "b"], prefix="objective/scores", with_counts=True
+    )
+    assert two["objective/scores/group_gap"] == 0.5  # this process alone: a 0.0, b 0.5
+    combined = combine_process_metrics([one, two])
+    assert combined["objective/kl"] == pytest.approx(0.3)
+    assert combined["objective/scores/a"] == pytest.approx(0.75)  # (3·1 + 1·0) / 4
+    assert combined["objective/scores/b"] == pytest.approx(0.5)
+    assert combined["objective/scores/group_gap"] == pytest.approx(0.25)
+    assert not any("#" in key for key in combined)
+    only_a = combine_process_metrics([one, {"objective/kl": 0.0} | group_figures(
+        torch.tensor([0.0]), ["b"], prefix="objective/scores", with_counts=True)])  # fmt: skip
+    assert only_a["objective/scores/group_gap"] == pytest.approx(1.0)  # no process had two

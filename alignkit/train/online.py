@@ -36,6 +36,7 @@ from alignkit.rollout.sampling import Rollout, SamplingConfig, sample
 from alignkit.train.common import dataset_path, policy_and_tokenizer
 from alignkit.train.config import TrainConfig
 from alignkit.train.engine import Engine, mean_dicts
+from alignkit.train.optim import build_optimizer
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
@@ -264,6 +265,10 @@ class OnlineTrainer:
     def update(self, experience: Any, iteration: int) -> list[dict[str, float]]:
         raise NotImplementedError
 
+    def learning_rates(self, module: nn.Module) -> dict[nn.Module, float]:
+        """Submodules of the trained module with a peak learning rate of their own."""
+        return {}
+
     def save_hooks(self) -> dict[str, Any]:
         return {}
 
@@ -379,7 +384,9 @@ class OnlineTrainer:
 
     def train(self) -> OnlineResult:
         cfg = self.cfg
-        self.engine = engine = Engine(cfg, self.trainable_module(), **self.save_hooks())
+        module = self.trainable_module()
+        optimizer = build_optimizer(module, cfg, module_lrs=self.learning_rates(module))
+        self.engine = engine = Engine(cfg, module, optimizer=optimizer, **self.save_hooks())
         self.reference = ReferencePolicy(self.policy_module())
         train_prompts, eval_prompts = self.load_prompts()
         stream = PromptStream(
@@ -486,13 +493,15 @@ class OnlineTrainer:
         self.guard.load_state_dict(guard_state)
         self.kl_controller.value = max(self.kl_controller.value, beta) * decision.beta_factor
         lr = cfg.learning_rate * self.guard.lr_scale
-        # The schedule's shape stays; its peak drops. LambdaLR: lr_t = base_lr · λ(t).
+        # The schedule's shape stays; each group's peak (its own for PPO's critic) drops.
+        # LambdaLR: lr_t = base_lr · λ(t), and `initial_lr` is the group's configured peak.
         scheduler = engine.scheduler
-        scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
-        for group, lr_lambda in zip(
-            engine.optimizer.param_groups, scheduler.lr_lambdas, strict=True
+        groups = engine.optimizer.param_groups
+        scheduler.base_lrs = [g["initial_lr"] * self.guard.lr_scale for g in groups]
+        for group, base, lr_lambda in zip(
+            groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
         ):
-            group["lr"] = lr * lr_lambda(scheduler.last_epoch)
+            group["lr"] = base * lr_lambda(scheduler.last_epoch)
         engine.run.log_event(
             "rollback", from_step, decision.reason,
             to_step=decision.rollback_to, beta=self.kl_controller.value, learning_rate=lr,

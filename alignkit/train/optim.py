@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -11,20 +11,32 @@ from alignkit.train.config import TrainConfig
 
 
 def build_optimizer(
-    model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter], cfg: TrainConfig
+    model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter],
+    cfg: TrainConfig,
+    *,
+    module_lrs: Mapping[torch.nn.Module, float] | None = None,
 ) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters; no weight decay on biases and norm weights (ndim < 2)."""
+    """AdamW over the trainable parameters; no weight decay on biases and norm weights (ndim < 2).
+
+    `module_lrs` gives the parameters of some submodules their own peak learning rate (PPO's
+    critic); every other parameter gets ``cfg.learning_rate``.
+    """
     if isinstance(model_or_params, torch.nn.Module):
         params = [p for p in model_or_params.parameters() if p.requires_grad]
     else:
         params = [p for p in model_or_params if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters (every parameter has requires_grad=False)")
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    rate_of = {id(p): lr for m, lr in (module_lrs or {}).items() for p in m.parameters()}
+    groups = []
+    for lr in dict.fromkeys([cfg.learning_rate, *rate_of.values()]):
+        mine = [p for p in params if rate_of.get(id(p), cfg.learning_rate) == lr]
+        decay = [p for p in mine if p.ndim >= 2]
+        no_decay = [p for p in mine if p.ndim < 2]
+        if decay:
+            groups.append({"params": decay, "weight_decay": cfg.weight_decay, "lr": lr})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, "lr": lr})
     return torch.optim.AdamW(
         groups,
         lr=cfg.learning_rate,

@@ -46,6 +46,9 @@ class PPOConfig(OnlineConfig):
         "Critic initialisation: a model or reward-model folder; none = the reward model, "
         "else the policy's model with a fresh value head.",
     )
+    critic_learning_rate: float | None = option(
+        None, "Peak learning rate of the critic; none = learning_rate.", gt=0
+    )
     ppo_epochs: int = option(4, "K: optimisation epochs over each batch of experience.", min=1)
     num_minibatches: int = option(2, "Minibatches per epoch.", min=1)
     clip_eps: float = option(0.2, "ε of the clipped policy ratio.", gt=0, lt=1)
@@ -133,6 +136,10 @@ class PPOTrainer(OnlineTrainer):
 
     def trainable_module(self) -> nn.Module:
         return PolicyAndCritic(self.policy, self.critic)
+
+    def learning_rates(self, module: nn.Module) -> dict[nn.Module, float]:
+        rate = self.cfg.critic_learning_rate
+        return {} if rate is None else {module.critic: rate}
 
     def policy_module(self) -> nn.Module:
         return self.engine.unwrapped_model.policy

@@ -275,3 +275,28 @@ def test_process_metrics_combine_groups_by_count_and_recompute_the_gap():
     only_a = combine_process_metrics([one, {"objective/kl": 0.0} | group_figures(
         torch.tensor([0.0]), ["b"], prefix="objective/scores", with_counts=True)])  # fmt: skip
     assert only_a["objective/scores/group_gap"] == pytest.approx(1.0)  # no process had two
+
+
+def test_critic_learning_rate_is_its_own_and_survives_a_rollback(tmp_path, rewards):
+    """`critic_learning_rate` gives the critic's parameters their own peak learning rate;
+    a guard rollback scales both rates by the same factor."""
+    cfg = PPOConfig(**settings(tmp_path, rewards, max_steps=2, batch_size=4, learning_rate=1e-3,
+                               critic_learning_rate=4e-3))  # fmt: skip
+    trainer = PPOTrainer(cfg)
+    trainer.train()
+    module = trainer.engine.unwrapped_model
+    critic = {id(p) for p in module.critic.parameters()}
+    rates = {
+        (id(p) in critic): group["initial_lr"]
+        for group in trainer.engine.optimizer.param_groups
+        for p in group["params"]
+    }
+    assert rates == {False: 1e-3, True: 4e-3}
+    trainer.guard.lr_scale = 0.5
+    trainer.engine.save_checkpoint()
+    from types import SimpleNamespace
+
+    trainer.rollback(SimpleNamespace(rollback_to=trainer.engine.state.step, beta_factor=1.0,
+                                     reason="test"))  # fmt: skip
+    peaks = sorted(set(trainer.engine.scheduler.base_lrs))
+    assert peaks == [5e-4, 2e-3]

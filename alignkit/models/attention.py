@@ -10,10 +10,14 @@ the CPU there is none, so :func:`packed_sdpa_attention` splits the row at the bo
 runs causal SDPA on each sequence: the same values, and only the work a padded batch would
 have done on its real tokens.
 
+The same function also serves rows in which several sequences share one copy of their
+prompt (a preference pair, a GRPO group: `shared_prompt_segments`), each response
+attending to the prompt and to itself.
+
 It is registered with transformers as ``"alignkit_sdpa"``: exactly SDPA (same mask, same
 function) unless a forward pass carries `cu_seq_lens_q` (the flash-attention keyword that
-transformers forwards to every attention layer), so generation, caches and padded batches
-are untouched.
+transformers forwards to every attention layer) or `shared_prompt_segments`, so
+generation, caches and padded batches are untouched.
 """
 
 from __future__ import annotations
@@ -165,7 +169,7 @@ def packed_attention_kwargs(config: PretrainedConfig, position_ids: torch.Tensor
 def shared_prompt_attention_kwargs(
     config: PretrainedConfig, segments: list[tuple[int, tuple[int, ...]]]
 ) -> dict | None:
-    """The keywords for a row of pairs sharing their prompts (see
+    """The keywords for a row of groups sharing their prompts (see
     :func:`_shared_prompt_attention`), or None when this model's attention cannot take it
     (only ``"alignkit_sdpa"`` can; a model on SDPA is switched to it)."""
     if config._attn_implementation == "sdpa":

@@ -1,8 +1,15 @@
+import sys
+from pathlib import Path
+
 import torch
 
 from alignkit.models import ReferencePolicy, ScalarHeadModel, apply_lora, load_scalar_model
 from alignkit.models.heads import last_token_index
 from alignkit.models.tiny import tiny_random_llama
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grad_helpers import assert_same_gradients
 
 
 def test_last_token_index_either_padding_side():
@@ -101,10 +108,8 @@ def test_packed_scoring_matches_the_padded_forward_and_its_gradients():
     packed = rm.score(ids, mask)
     padded = rm(ids, mask).gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)
     assert torch.allclose(packed, padded, atol=1e-5)
-    packed.sum().backward()
-    grads = [p.grad.clone() for p in rm.parameters()]
-    rm.zero_grad()
-    padded = rm(ids, mask).gather(1, last_token_index(mask).unsqueeze(1)).squeeze(1)
-    padded.sum().backward()
-    for g, p in zip(grads, rm.parameters(), strict=True):
-        assert torch.allclose(g, p.grad, atol=1e-5)
+    assert_same_gradients(
+        rm,
+        lambda: rm.score(ids, mask).sum(),
+        lambda: rm(ids, mask).gather(1, last_token_index(mask).unsqueeze(1)).sum(),
+    )

@@ -1,5 +1,8 @@
 """Rows that open with the same prompt (preference pairs, GRPO groups) run it once."""
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,6 +13,10 @@ from alignkit.models.scoring import (
     pack_shared_prompts,
     prompt_lengths_from_labels,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grad_helpers import assert_same_gradients
 
 # (prompt, chosen response, rejected response)
 PAIRS = [([5, 6, 7], [8, 9, 2], [20, 2]), ([5, 11], [10, 2], [30, 31, 32, 33, 2])]
@@ -93,12 +100,11 @@ def test_shared_prompt_logprobs_and_gradients_equal_the_padded_forward(left):
     expected = _padded_logps(model, ids, attn, labels)
     assert torch.allclose(shared, expected, atol=1e-5)
     assert bool((shared[~keep] == 0).all())
-    shared.sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    _padded_logps(model, ids, attn, labels).sum().backward()
-    for got, want in zip(grads, (p.grad for p in model.parameters()), strict=True):
-        assert torch.allclose(got, want, atol=1e-5)
+    assert_same_gradients(
+        model,
+        lambda: labelled_token_logprobs(model, ids, attn, labels)[0].sum(),
+        lambda: _padded_logps(model, ids, attn, labels).sum(),
+    )
 
 
 def test_shared_prompt_runs_each_prompt_once(monkeypatch):
@@ -140,9 +146,8 @@ def test_reward_scores_and_gradients_with_shared_prompts():
     shared = rm.score(ids, attn, prompt_lengths=prompts)
     padded = rm(ids, attn).gather(1, last_token_index(attn).unsqueeze(1)).squeeze(1)
     assert torch.allclose(shared, padded, atol=1e-5)
-    shared.sum().backward()
-    grads = [p.grad.clone() for p in rm.parameters()]
-    rm.zero_grad()
-    rm(ids, attn).gather(1, last_token_index(attn).unsqueeze(1)).sum().backward()
-    for got, p in zip(grads, rm.parameters(), strict=True):
-        assert torch.allclose(got, p.grad, atol=1e-5)
+    assert_same_gradients(
+        rm,
+        lambda: rm.score(ids, attn, prompt_lengths=prompts).sum(),
+        lambda: rm(ids, attn).gather(1, last_token_index(attn).unsqueeze(1)).sum(),
+    )

@@ -112,10 +112,13 @@ def pack_shared_prompts(
         return None
     starts = real.long().argmax(1).tolist()
     lengths = real.sum(1).tolist()
+    token_rows = input_ids.tolist()  # one device-to-host copy, not one per row
     groups: dict[tuple[int, ...], list[int]] = {}
     for row, prompt in enumerate(prompt_lengths.tolist()):
-        tokens = input_ids[row, starts[row] : starts[row] + lengths[row]]
-        key = tuple(tokens[:prompt].tolist()) if 0 < prompt <= lengths[row] else (-1 - row,)
+        if 0 < prompt <= lengths[row]:
+            key = tuple(token_rows[row][starts[row] : starts[row] + prompt])
+        else:
+            key = (-1 - row,)
         groups.setdefault(key, []).append(row)
     if len(groups) == len(lengths):
         return None
@@ -299,7 +302,7 @@ def labelled_token_stats(
     packed = None
     if supports_logits_to_keep(model) and _labels_on_real_tokens(attention_mask, mask):
         if position_ids is None:
-            prompts = prompt_lengths_from_labels(attention_mask, labels).cpu()
+            prompts = prompt_lengths_from_labels(attention_mask, labels)
             packed = pack_batch(model, input_ids, attention_mask, prompt_lengths=prompts)
         else:
             packed = pack_batch(model, input_ids, attention_mask, position_ids=position_ids)

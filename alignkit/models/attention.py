@@ -142,6 +142,14 @@ AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(PACKED_SDPA, sdpa_mask)
 
 
+def _switch_sdpa(config: PretrainedConfig) -> str:
+    """Move a model on SDPA to ``"alignkit_sdpa"`` (the same everywhere but packed rows);
+    returns the attention implementation now in use."""
+    if config._attn_implementation == "sdpa":
+        config._attn_implementation = PACKED_SDPA
+    return config._attn_implementation
+
+
 def packed_attention_kwargs(config: PretrainedConfig, position_ids: torch.Tensor) -> dict:
     """The keywords that make the model with this `config` attend within each sequence of a
     packed row.
@@ -150,9 +158,7 @@ def packed_attention_kwargs(config: PretrainedConfig, position_ids: torch.Tensor
     ``"alignkit_sdpa"`` (same results everywhere else); a flash-attention model reads the same
     keywords; any other model gets none and relies on transformers' block-diagonal mask.
     """
-    if config._attn_implementation == "sdpa":
-        config._attn_implementation = PACKED_SDPA
-    if config._attn_implementation not in _VARLEN_IMPLEMENTATIONS:
+    if _switch_sdpa(config) not in _VARLEN_IMPLEMENTATIONS:
         return {}
     starts = torch.nonzero(position_ids[0] == 0).flatten()
     total = torch.tensor([position_ids.shape[1]], device=starts.device)
@@ -172,8 +178,6 @@ def shared_prompt_attention_kwargs(
     """The keywords for a row of groups sharing their prompts (see
     :func:`_shared_prompt_attention`), or None when this model's attention cannot take it
     (only ``"alignkit_sdpa"`` can; a model on SDPA is switched to it)."""
-    if config._attn_implementation == "sdpa":
-        config._attn_implementation = PACKED_SDPA
-    if config._attn_implementation != PACKED_SDPA:
+    if _switch_sdpa(config) != PACKED_SDPA:
         return None
     return {"shared_prompt_segments": segments}

@@ -43,6 +43,26 @@ from benchmarks.core import (  # noqa: E402
 )
 
 WORKLOADS = ("sft", "rm", "dpo", "grpo")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrlVariant:
+    """TRL run once more with one thing changed, to show what that thing is worth."""
+
+    label: str
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+TRL_VARIANTS = {
+    "trl-foreach-adamw": TrlVariant("foreach AdamW", settings={"trl_optim": "adamw_torch"}),
+    # alignkit's `keep_host_memory` (alignkit/train/host_memory.py), set through glibc's
+    # environment variables: how much of the lead is the allocator setting
+    "trl-kept-host-memory": TrlVariant(
+        "glibc keeps freed memory, as alignkit does",
+        env={"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
+    ),
+}
 RESULTS = ROOT / "benchmarks" / "results"
 
 
@@ -52,7 +72,7 @@ def _pin_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def child_env(threads: int) -> dict[str, str]:
+def child_env(threads: int, extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         OMP_NUM_THREADS=str(threads),
@@ -65,6 +85,7 @@ def child_env(threads: int) -> dict[str, str]:
         DATASETS_VERBOSITY="error",
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
+    env.update(extra or {})
     return env
 
 
@@ -118,7 +139,13 @@ def prepare_data(workload: str, settings: Settings, workdir: Path) -> Path:
 
 
 def run_child(
-    workload: str, system: str, settings: Settings, data: Path, workdir: Path, timeout: float
+    workload: str,
+    system: str,
+    settings: Settings,
+    data: Path,
+    workdir: Path,
+    timeout: float,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     settings_file = workdir / "settings.json"
     settings_file.write_text(json.dumps(settings.to_dict()), encoding="utf-8")
@@ -141,7 +168,11 @@ def run_child(
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     proc = subprocess.run(
-        cmd, env=child_env(settings.threads), capture_output=True, text=True, timeout=timeout
+        cmd,
+        env=child_env(settings.threads, env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     wall = time.perf_counter() - start
     if proc.returncode != 0 or not record_file.exists():
@@ -270,6 +301,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="also run TRL with the unfused (foreach) AdamW and compare",
     )
+    p.add_argument(
+        "--trl-kept-host-memory",
+        action="store_true",
+        help="also run TRL with glibc keeping freed memory (alignkit's keep_host_memory)",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per child process")
     # internal: one (workload, system) run in a child process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -303,7 +339,10 @@ def build_settings(args: argparse.Namespace) -> Settings:
 
 
 def run_benchmarks(
-    settings: Settings, workloads: list[str], timeout: float = 1800, trl_foreach: bool = False
+    settings: Settings,
+    workloads: list[str],
+    timeout: float = 1800,
+    trl_variants: tuple[str, ...] = (),
 ) -> dict:
     """Run every (workload, system) pair; return records, comparisons and the matmul peak."""
     from benchmarks.systems import grpo_available
@@ -342,12 +381,16 @@ def run_benchmarks(
                         )
                 continue
             others = []
-            if trl_foreach:
-                print(f"[bench] {workload} / trl (foreach AdamW) ...", file=sys.stderr, flush=True)
-                variant = dataclasses.replace(settings, trl_optim="adamw_torch")
-                other = run_child(workload, "trl", variant, data, workdir, timeout)
-                other["variant"] = "trl-foreach-adamw"
-                other["trl_optim"] = variant.trl_optim
+            for name in trl_variants:
+                variant = TRL_VARIANTS[name]
+                print(
+                    f"[bench] {workload} / trl ({variant.label}) ...", file=sys.stderr, flush=True
+                )
+                changed = dataclasses.replace(settings, **variant.settings)
+                other = run_child(workload, "trl", changed, data, workdir, timeout, variant.env)
+                other["variant"] = name
+                other["variant_changes"] = {**variant.settings, "env": variant.env}
+                other["trl_optim"] = changed.trl_optim
                 records.append(other)
                 if "error" not in other:
                     others.append(other)
@@ -392,7 +435,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run_benchmarks(settings, workloads, args.timeout, args.trl_foreach_adamw)
+    variants = tuple(
+        name
+        for name, wanted in [
+            ("trl-foreach-adamw", args.trl_foreach_adamw),
+            ("trl-kept-host-memory", args.trl_kept_host_memory),
+        ]
+        if wanted
+    )
+    result = run_benchmarks(settings, workloads, args.timeout, variants)
     print_report(result["records"], result["comparisons"], result["peak"])
     for workload, why in result["skipped"].items():
         print(f"{workload}: skipped ({why})")

@@ -87,6 +87,12 @@ class TrainConfig:
         False,
         "Recompute each layer's activations in the backward pass: less memory, ~1/3 more compute.",
     )
+    keep_host_memory: bool = option(
+        True,
+        "On a CPU with glibc: keep memory freed between steps for the next step instead of "
+        "returning it to the kernel (fewer page faults, faster steps; the process keeps its "
+        "high-water mark).",
+    )
 
     # LoRA
     use_lora: bool = option(False, "Train LoRA adapters instead of all weights.")

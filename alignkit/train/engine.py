@@ -77,6 +77,7 @@ from alignkit.train.checkpoint import (
     set_rng_state,
 )
 from alignkit.train.config import TrainConfig
+from alignkit.train.host_memory import keep_freed_host_memory
 from alignkit.train.optim import build_optimizer, build_scheduler
 from alignkit.train.run_dir import RunDirectory
 from alignkit.train.sampler import EpochBatchSampler
@@ -212,6 +213,8 @@ class Engine:
         self._load_model = load_model or default_load_model
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if cfg.keep_host_memory and self.accelerator.device.type == "cpu":
+            keep_freed_host_memory()
         optimizer = optimizer or build_optimizer(model, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None

@@ -1,8 +1,9 @@
 """Batched sampling from a policy: left-padded prompts, KV cache, stop at EOS.
 
-Generation goes through transformers' `generate`, which keeps a KV cache and decodes all
-rows of the batch together; this module owns the parts around it that alignment needs:
-left padding, the response mask, and determinism from a seed.
+Prompts are prefilled once into a KV cache and decoded by alignkit's loop
+(:mod:`alignkit.rollout.decoding`), all rows of the batch together; this module owns the
+parts around it that alignment needs: left padding, the response mask, and determinism from
+a seed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.records import Text
 from alignkit.data.tokenization import encode_prompt, pad_sequences
+from alignkit.rollout.decoding import decode, prefill_positions
 from alignkit.rollout.prepacked import prepacked_linears
 
 
@@ -86,12 +88,14 @@ def sample(
 ) -> Rollout:
     """Sample `num_samples` responses per prompt (prompts are strings or message lists).
 
-    Rows of the result are grouped by prompt: rows i·G .. i·G+G−1 answer prompt i. With
-    G > 1 the prompts are encoded once: one prefill over the unique prompts fills the KV
-    cache, which is then repeated G times, so the G samples share it instead of each
-    re-reading the prompt. A prompt longer than `max_prompt_length` keeps its end. On the
-    CPU the decoding steps use weights prepacked for the batch
-    (:func:`~alignkit.rollout.prepacked.prepacked_linears`).
+    Rows of the result are grouped by prompt: rows i·G .. i·G+G−1 answer prompt i. The
+    prompts are encoded and prefilled once each: the prefill fills the KV cache, which is
+    then repeated G times, so the G samples share it instead of each re-reading the prompt,
+    and its last position gives every sample's first-token logits. Decoding is
+    :func:`~alignkit.rollout.decoding.decode` (the configured temperature, top-k, top-p and
+    `min_new_tokens`, nothing from the model's `generation_config`). A prompt longer than
+    `max_prompt_length` keeps its end. On the CPU the decoding steps use weights prepacked
+    for the batch (:func:`~alignkit.rollout.prepacked.prepacked_linears`).
     """
     config = config or SamplingConfig()
     encoded = [encode_prompt(p, tokenizer) for p in prompts]
@@ -101,45 +105,43 @@ def sample(
     prompt_ids = unique_ids.repeat_interleave(num_samples, dim=0)
     prompt_mask = unique_mask.repeat_interleave(num_samples, dim=0)
     device = next(model.parameters()).device
-    generate_kwargs = {}
-    if config.do_sample:
-        generate_kwargs = dict(
-            temperature=config.temperature, top_p=config.top_p, top_k=config.top_k or None
-        )
-    if config.stop_strings:
-        generate_kwargs.update(stop_strings=list(config.stop_strings), tokenizer=tokenizer)
+    stopped = _stop_string_check(tokenizer, config.stop_strings) if config.stop_strings else None
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             if seed is not None:
                 torch.manual_seed(seed)
-            if num_samples > 1 and unique_ids.shape[1] > 1:
-                # Prefill all but the last prompt token once per unique prompt; generate
-                # then feeds only the uncached last token of each of the G copies.
-                prefill = model(
-                    input_ids=unique_ids[:, :-1].to(device),
-                    attention_mask=unique_mask[:, :-1].to(device),
-                    use_cache=True,
-                )
-                cache = prefill.cache
+            prefill = model(
+                input_ids=unique_ids.to(device),
+                attention_mask=unique_mask.to(device),
+                position_ids=prefill_positions(unique_mask).to(device),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = prefill.cache
+            if num_samples > 1:
                 cache.batch_repeat_interleave(num_samples)
-                generate_kwargs["cache"] = cache
+            first_logits = prefill.logits[:, -1].repeat_interleave(num_samples, dim=0)
             # every decoding step multiplies one token per row by each weight matrix
             with prepacked_linears(model, rows=prompt_ids.shape[0]):
-                output = model.generate(
-                    input_ids=prompt_ids.to(device),
-                    attention_mask=prompt_mask.to(device),
+                response_ids = decode(
+                    model,
+                    cache,
+                    prompt_mask.to(device),
+                    first_logits,
                     max_new_tokens=config.max_new_tokens,
-                    min_new_tokens=config.min_new_tokens or None,
-                    do_sample=config.do_sample,
-                    pad_token_id=tokenizer.pad_token_id,
+                    min_new_tokens=config.min_new_tokens,
                     eos_token_id=tokenizer.eos_token_id,
-                    **generate_kwargs,
-                )
+                    pad_token_id=tokenizer.pad_token_id,
+                    do_sample=config.do_sample,
+                    temperature=config.temperature,
+                    top_k=config.top_k,
+                    top_p=config.top_p,
+                    stopped=stopped,
+                ).cpu()
     finally:
         model.train(was_training)
-    response_ids = output[:, prompt_ids.shape[1] :].cpu()
     response_mask = response_mask_until_eos(
         response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id
     )
@@ -148,3 +150,14 @@ def sample(
     if config.stop_strings:
         texts = [_cut_at_stop(t, config.stop_strings) for t in texts]
     return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts)
+
+
+def _stop_string_check(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]):
+    """Rows whose response so far contains one of `stop_strings` (decoded text)."""
+    wanted = [s for s in stop_strings if s]
+
+    def stopped(tokens: torch.Tensor) -> torch.Tensor:
+        texts = tokenizer.batch_decode(tokens.cpu(), skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in wanted) for t in texts], device=tokens.device)
+
+    return stopped

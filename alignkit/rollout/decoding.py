@@ -1,0 +1,126 @@
+"""The decoding loop: one token per row per step from the policy's KV cache.
+
+alignkit samples with its own loop instead of transformers' `generate` so that what is drawn
+is exactly the distribution the trainers score: the model's next-token logits shaped by the
+configured temperature, top-k and top-p and by nothing else (no processors picked up from a
+model's `generation_config`, such as a repetition penalty, which would make the samples
+come from a policy other than π_θ). It also draws each token with one uniform number per
+row (:func:`inverse_cdf_sample`) where `torch.multinomial` draws one exponential per
+vocabulary entry, and feeds each prompt once: the prefill's last position gives the first
+token's logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import LogitsProcessorList
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+
+def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One index per row of `probs` [B, V], drawn with that row's probabilities.
+
+    Inverse-transform sampling: with u ~ U[0, 1) and cumulative sums c_j = Σ_{i ≤ j} p_i,
+    the index is the first j with c_j > u·c_V, which is j with probability p_j / Σp.
+    One uniform number per row (`uniform` [B]) instead of one per vocabulary entry. The sums
+    are taken in float64, so a 49k vocabulary loses no probability to rounding; an entry of
+    probability 0 is never drawn.
+    """
+    cdf = probs.to(torch.float64).cumsum(dim=-1)
+    total = cdf[:, -1:]
+    target = uniform.to(torch.float64).unsqueeze(-1) * total
+    # u < 1, but u·total can round up to total: stay strictly below it
+    target = torch.minimum(target, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
+
+
+def logits_shaper(temperature: float, top_k: int, top_p: float) -> LogitsProcessorList:
+    """Temperature, then top-k (0: off), then top-p (1.0: off): the order `generate` uses."""
+    shapers = LogitsProcessorList()
+    if temperature != 1.0:
+        shapers.append(TemperatureLogitsWarper(temperature))
+    if top_k > 0:
+        shapers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        shapers.append(TopPLogitsWarper(top_p))
+    return shapers
+
+
+def prefill_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids of a left-padded batch: 0 at each row's first real token (pads get 0)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 0)
+
+
+@torch.no_grad()
+def decode(
+    model: torch.nn.Module,
+    cache,
+    attention_mask: torch.Tensor,
+    next_logits: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    pad_token_id: int,
+    min_new_tokens: int = 0,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stopped: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Up to `max_new_tokens` tokens per row, continuing a prefilled KV cache.
+
+    `cache` holds the prompts (left-padded, `attention_mask` [B, P]) and `next_logits` [B, V]
+    is the model's output at each prompt's last position. Each step draws one token per row
+    (greedy when `do_sample` is False), EOS is held back until `min_new_tokens` tokens were
+    drawn, and a row is done after its EOS or when `stopped(tokens so far)` marks it; done
+    rows get `pad_token_id` from then on, and the loop ends when every row is done. Returns
+    the new tokens [B, T], T ≤ `max_new_tokens`. Random numbers come from torch's global
+    generator, one uniform per row and step.
+    """
+    batch = attention_mask.shape[0]
+    device = next_logits.device
+    shapers = logits_shaper(temperature, top_k, top_p) if do_sample else LogitsProcessorList()
+    positions = attention_mask.long().sum(-1, keepdim=True) - 1  # each row's last position
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens: list[torch.Tensor] = []
+    logits = next_logits
+    for step in range(max_new_tokens):
+        scores = logits.float()
+        if eos_token_id is not None and step < min_new_tokens:
+            scores[:, eos_token_id] = -float("inf")
+        if do_sample:
+            scores = shapers(None, scores)
+            probs = torch.softmax(scores, dim=-1)
+            token = inverse_cdf_sample(probs, torch.rand(batch, device=device))
+        else:
+            token = scores.argmax(dim=-1)
+        token = token.masked_fill(done, pad_token_id)
+        tokens.append(token)
+        if eos_token_id is not None:
+            done |= token == eos_token_id
+        if stopped is not None:
+            done |= stopped(torch.stack(tokens, dim=1))
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        positions = positions + 1
+        output = model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=attention_mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
+        logits = output.logits[:, -1]
+    return torch.stack(tokens, dim=1)
+
+
+__all__ = ["decode", "inverse_cdf_sample", "logits_shaper", "prefill_positions"]

@@ -93,7 +93,7 @@ def decode(
     tokens: list[torch.Tensor] = []
     logits = next_logits
     for step in range(max_new_tokens):
-        scores = logits.float()
+        scores = logits.to(torch.float32, copy=True)  # masked below: not the caller's
         if eos_token_id is not None and step < min_new_tokens:
             scores[:, eos_token_id] = -float("inf")
         if do_sample:

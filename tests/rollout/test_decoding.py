@@ -118,3 +118,23 @@ def test_stop_strings_end_the_response():
     assert stop not in cut.texts[0]
     assert free.startswith(cut.texts[0])
     assert int(cut.response_mask.sum()) < 16
+
+
+def test_decode_leaves_the_callers_logits_alone():
+    model, tok = tiny_random_llama(seed=1)
+    ids, mask = left_pad([encode_prompt("hello", tok)], tok.pad_token_id)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=prefill_positions(mask))
+    logits = out.logits[:, -1].clone()
+    kept = logits.clone()
+    decode(
+        model,
+        out.cache,
+        mask,
+        logits,
+        max_new_tokens=2,
+        min_new_tokens=2,  # masks EOS in the scores of both steps
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    assert torch.equal(logits, kept)

@@ -13,6 +13,7 @@ token's logits.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from transformers import LogitsProcessorList
@@ -21,6 +22,19 @@ from transformers.generation.logits_process import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+
+
+@dataclass
+class SamplingConfig:
+    """What `decode` draws: token budget, EOS hold-back, shaping, stop strings."""
+
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0  # EOS is held back until this many tokens were sampled
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    do_sample: bool = True
+    stop_strings: tuple[str, ...] = ()
 
 
 def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
@@ -64,30 +78,32 @@ def decode(
     cache,
     attention_mask: torch.Tensor,
     next_logits: torch.Tensor,
+    config: SamplingConfig,
     *,
-    max_new_tokens: int,
     eos_token_id: int | None,
     pad_token_id: int,
-    min_new_tokens: int = 0,
-    do_sample: bool = True,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     stopped: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Up to `max_new_tokens` tokens per row, continuing a prefilled KV cache.
+    """Up to `config.max_new_tokens` tokens per row, continuing a prefilled KV cache.
 
     `cache` holds the prompts (left-padded, `attention_mask` [B, P]) and `next_logits` [B, V]
     is the model's output at each prompt's last position. Each step draws one token per row
-    (greedy when `do_sample` is False), EOS is held back until `min_new_tokens` tokens were
-    drawn, and a row is done after its EOS or when `stopped(tokens so far)` marks it; done
-    rows get `pad_token_id` from then on, and the loop ends when every row is done. Returns
-    the new tokens [B, T], T ≤ `max_new_tokens`. Random numbers come from torch's global
-    generator, one uniform per row and step.
+    (greedy when `config.do_sample` is False) after temperature, top-k and top-p, EOS is
+    held back until `config.min_new_tokens` tokens were drawn, and a row is done after its
+    EOS or when `stopped(tokens so far)` marks it (`config.stop_strings` are the caller's to
+    check: they need the tokenizer); done rows get `pad_token_id` from then on, and the loop
+    ends when every row is done. Returns the new tokens [B, T], T ≤ `max_new_tokens`.
+    Random numbers come from torch's global generator, one uniform per row and step.
     """
     batch = attention_mask.shape[0]
     device = next_logits.device
-    shapers = logits_shaper(temperature, top_k, top_p) if do_sample else LogitsProcessorList()
+    max_new_tokens, min_new_tokens = config.max_new_tokens, config.min_new_tokens
+    do_sample = config.do_sample
+    shapers = (
+        logits_shaper(config.temperature, config.top_k, config.top_p)
+        if do_sample
+        else LogitsProcessorList()
+    )
     positions = attention_mask.long().sum(-1, keepdim=True) - 1  # each row's last position
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
@@ -123,4 +139,4 @@ def decode(
     return torch.stack(tokens, dim=1)
 
 
-__all__ = ["decode", "inverse_cdf_sample", "logits_shaper", "prefill_positions"]
+__all__ = ["SamplingConfig", "decode", "inverse_cdf_sample", "logits_shaper", "prefill_positions"]

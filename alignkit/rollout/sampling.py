@@ -16,19 +16,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.records import Text
 from alignkit.data.tokenization import encode_prompt, pad_sequences
-from alignkit.rollout.decoding import decode, prefill_positions
+from alignkit.rollout.decoding import SamplingConfig, decode, prefill_positions
 from alignkit.rollout.prepacked import prepacked_linears
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 64
-    min_new_tokens: int = 0  # EOS is held back until this many tokens were sampled
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    do_sample: bool = True
-    stop_strings: tuple[str, ...] = ()
 
 
 @dataclass
@@ -130,14 +119,9 @@ def sample(
                     cache,
                     prompt_mask.to(device),
                     first_logits,
-                    max_new_tokens=config.max_new_tokens,
-                    min_new_tokens=config.min_new_tokens,
+                    config,
                     eos_token_id=tokenizer.eos_token_id,
                     pad_token_id=tokenizer.pad_token_id,
-                    do_sample=config.do_sample,
-                    temperature=config.temperature,
-                    top_k=config.top_k,
-                    top_p=config.top_p,
                     stopped=stopped,
                 ).cpu()
     finally:

@@ -98,7 +98,7 @@ def test_stopped_rows_are_padded_and_the_loop_ends_when_all_are_done():
             out.cache,
             mask,
             out.logits[:, -1],
-            max_new_tokens=10,
+            SamplingConfig(max_new_tokens=10),
             eos_token_id=None,
             pad_token_id=tok.pad_token_id,
             stopped=stopped,
@@ -132,8 +132,7 @@ def test_decode_leaves_the_callers_logits_alone():
         out.cache,
         mask,
         logits,
-        max_new_tokens=2,
-        min_new_tokens=2,  # masks EOS in the scores of both steps
+        SamplingConfig(max_new_tokens=2, min_new_tokens=2),  # EOS masked in both steps
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )

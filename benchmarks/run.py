@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from alignkit.train.host_memory import MMAP_THRESHOLD_MAX, TRIM_THRESHOLD_NEVER  # noqa: E402
 from benchmarks.core import (  # noqa: E402
     DPO_MFU_TARGET,
     SYSTEMS,
@@ -54,13 +55,17 @@ class TrlVariant:
     env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+# each is also a command-line switch: --trl-foreach-adamw, --trl-kept-host-memory
 TRL_VARIANTS = {
     "trl-foreach-adamw": TrlVariant("foreach AdamW", settings={"trl_optim": "adamw_torch"}),
     # alignkit's `keep_host_memory` (alignkit/train/host_memory.py), set through glibc's
     # environment variables: how much of the lead is the allocator setting
     "trl-kept-host-memory": TrlVariant(
         "glibc keeps freed memory, as alignkit does",
-        env={"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
+        env={
+            "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_MAX),
+            "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD_NEVER),
+        },
     ),
 }
 RESULTS = ROOT / "benchmarks" / "results"
@@ -435,14 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    variants = tuple(
-        name
-        for name, wanted in [
-            ("trl-foreach-adamw", args.trl_foreach_adamw),
-            ("trl-kept-host-memory", args.trl_kept_host_memory),
-        ]
-        if wanted
-    )
+    variants = tuple(name for name in TRL_VARIANTS if getattr(args, name.replace("-", "_")))
     result = run_benchmarks(settings, workloads, args.timeout, variants)
     print_report(result["records"], result["comparisons"], result["peak"])
     for workload, why in result["skipped"].items():

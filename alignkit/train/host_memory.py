@@ -23,7 +23,7 @@ import platform
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's upper bound on 64-bit systems
-_INT_MAX = 2**31 - 1
+TRIM_THRESHOLD_NEVER = 2**31 - 1  # INT_MAX: more than a step ever frees at the heap's top
 
 _applied = False
 
@@ -52,9 +52,14 @@ def keep_freed_host_memory() -> bool:
     mallopt.restype = ctypes.c_int
     # mallopt returns 1 on success, 0 on error
     _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(
-        mallopt(M_TRIM_THRESHOLD, _INT_MAX)
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_NEVER)
     )
     return _applied
 
 
-__all__ = ["glibc_mallopt_available", "keep_freed_host_memory"]
+__all__ = [
+    "MMAP_THRESHOLD_MAX",
+    "TRIM_THRESHOLD_NEVER",
+    "glibc_mallopt_available",
+    "keep_freed_host_memory",
+]

@@ -86,6 +86,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from alignkit.models import load_causal_lm
     from alignkit.rollout.sampling import SamplingConfig, sample
 
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be 0 (greedy) or more, got {args.temperature}")
     model, tokenizer = load_causal_lm(args.model)
     config = SamplingConfig(
         max_new_tokens=args.max_new_tokens,

@@ -136,3 +136,13 @@ def test_online_command_without_reward_is_one_line(capsys):
     assert main(["grpo", "--dataset", "demo", "--model", "tiny-random-llama"]) == 2
     err = capsys.readouterr().err
     assert "reward" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "flags", [["--max-new-tokens", "0"], ["--temperature", "-1"]], ids=["no-tokens", "temperature"]
+)
+def test_chat_bad_sampling_flags_are_one_line(flags, capsys):
+    code = main(["chat", "hi", "--model", "tiny-random-llama", *flags])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and err.startswith("alignkit: error:")

@@ -95,6 +95,8 @@ def decode(
     ends when every row is done. Returns the new tokens [B, T], T ≤ `max_new_tokens`.
     Random numbers come from torch's global generator, one uniform per row and step.
     """
+    if config.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
     batch = attention_mask.shape[0]
     device = next_logits.device
     max_new_tokens, min_new_tokens = config.max_new_tokens, config.min_new_tokens

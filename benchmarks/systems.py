@@ -336,6 +336,12 @@ def _install_trl_probe(trainer, probe: Probe, workload: str) -> None:
         return batch
 
     trainer.data_collator = counting_collator
+    _record_trl_losses(trainer, probe, workload)
+
+
+def _record_trl_losses(trainer, probe: Probe, workload: str) -> None:
+    """Each training micro-batch's loss into the probe (DPO: also the first batch's mean
+    chosen and rejected log-probs)."""
     compute_loss = trainer.compute_loss
 
     def wrapped_compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -630,17 +636,7 @@ def run_trl_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str, Any]
         return result
 
     trainer._generate = counting_generate
-    compute_loss = trainer.compute_loss
-
-    def recording_compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss = compute_loss(
-            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
-        )
-        if model.training:
-            probe.micro_losses.append(_float(loss))
-        return loss
-
-    trainer.compute_loss = recording_compute_loss
+    _record_trl_losses(trainer, probe, "grpo")
     trainer.train()
     expected = _alignkit_grpo_rows(data, tokenizer, settings)
     extra["tokens_match_alignkit"] = tokens_match("grpo", seen_rows, expected[: len(seen_rows)])

@@ -72,11 +72,38 @@ def prefill_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(attention_mask == 0, 0)
 
 
+# the tokens just drawn [B] -> the logits of the next ones [B, V]
+DecodeStep = Callable[[torch.Tensor], torch.Tensor]
+
+
+class CachedForward:
+    """A decoding step through the model's own forward: one token per row appended to
+    `cache`, which holds the prefilled prompts (left-padded, `attention_mask` [B, P])."""
+
+    def __init__(self, model: torch.nn.Module, cache, attention_mask: torch.Tensor) -> None:
+        self.model = model
+        self.cache = cache
+        self.attention_mask = attention_mask
+        self.positions = attention_mask.long().sum(-1, keepdim=True) - 1  # last positions
+
+    @torch.no_grad()
+    def __call__(self, token: torch.Tensor) -> torch.Tensor:
+        mask = self.attention_mask
+        self.attention_mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        self.positions = self.positions + 1
+        output = self.model(
+            input_ids=token.unsqueeze(1),
+            attention_mask=self.attention_mask,
+            position_ids=self.positions,
+            cache=self.cache,
+            use_cache=True,
+        )
+        return output.logits[:, -1]
+
+
 @torch.no_grad()
 def decode(
-    model: torch.nn.Module,
-    cache,
-    attention_mask: torch.Tensor,
+    step: DecodeStep,
     next_logits: torch.Tensor,
     config: SamplingConfig,
     *,
@@ -84,20 +111,22 @@ def decode(
     pad_token_id: int,
     stopped: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Up to `config.max_new_tokens` tokens per row, continuing a prefilled KV cache.
+    """Up to `config.max_new_tokens` tokens per row, continuing from `next_logits` [B, V].
 
-    `cache` holds the prompts (left-padded, `attention_mask` [B, P]) and `next_logits` [B, V]
-    is the model's output at each prompt's last position. Each step draws one token per row
-    (greedy when `config.do_sample` is False) after temperature, top-k and top-p, EOS is
-    held back until `config.min_new_tokens` tokens were drawn, and a row is done after its
-    EOS or when `stopped(tokens so far)` marks it (`config.stop_strings` are the caller's to
-    check: they need the tokenizer); done rows get `pad_token_id` from then on, and the loop
-    ends when every row is done. Returns the new tokens [B, T], T ≤ `max_new_tokens`.
-    Random numbers come from torch's global generator, one uniform per row and step.
+    `next_logits` is the model's output at each prompt's last position, and `step(tokens)`
+    feeds the tokens just drawn [B] to the model and returns the next logits
+    (:class:`CachedForward`, or :class:`~alignkit.rollout.llama_step.LlamaDecodeStep`). Each
+    step draws one token per row (greedy when `config.do_sample` is False) after
+    temperature, top-k and top-p, EOS is held back until `config.min_new_tokens` tokens
+    were drawn, and a row is done after its EOS or when `stopped(tokens so far)` marks it
+    (`config.stop_strings` are the caller's to check: they need the tokenizer); done rows
+    get `pad_token_id` from then on, and the loop ends when every row is done. Returns the
+    new tokens [B, T], T ≤ `max_new_tokens`. Random numbers come from torch's global
+    generator, one uniform per row and step.
     """
     if config.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {config.max_new_tokens}")
-    batch = attention_mask.shape[0]
+    batch = next_logits.shape[0]
     device = next_logits.device
     max_new_tokens, min_new_tokens = config.max_new_tokens, config.min_new_tokens
     do_sample = config.do_sample
@@ -106,13 +135,12 @@ def decode(
         if do_sample
         else LogitsProcessorList()
     )
-    positions = attention_mask.long().sum(-1, keepdim=True) - 1  # each row's last position
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
     logits = next_logits
-    for step in range(max_new_tokens):
+    for drawn in range(max_new_tokens):
         scores = logits.to(torch.float32, copy=True)  # masked below: not the caller's
-        if eos_token_id is not None and step < min_new_tokens:
+        if eos_token_id is not None and drawn < min_new_tokens:
             scores[:, eos_token_id] = -float("inf")
         if do_sample:
             scores = shapers(None, scores)
@@ -126,19 +154,18 @@ def decode(
             done |= token == eos_token_id
         if stopped is not None:
             done |= stopped(torch.stack(tokens, dim=1))
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if bool(done.all()) or drawn == max_new_tokens - 1:
             break
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
-        positions = positions + 1
-        output = model(
-            input_ids=token.unsqueeze(1),
-            attention_mask=attention_mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-        )
-        logits = output.logits[:, -1]
+        logits = step(token)
     return torch.stack(tokens, dim=1)
 
 
-__all__ = ["SamplingConfig", "decode", "inverse_cdf_sample", "logits_shaper", "prefill_positions"]
+__all__ = [
+    "CachedForward",
+    "DecodeStep",
+    "SamplingConfig",
+    "decode",
+    "inverse_cdf_sample",
+    "logits_shaper",
+    "prefill_positions",
+]

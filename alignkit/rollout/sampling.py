@@ -8,7 +8,8 @@ a seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.records import Text
 from alignkit.data.tokenization import encode_prompt, pad_sequences
-from alignkit.rollout.decoding import SamplingConfig, decode, prefill_positions
+from alignkit.rollout.decoding import (
+    CachedForward,
+    DecodeStep,
+    SamplingConfig,
+    decode,
+    prefill_positions,
+)
+from alignkit.rollout.llama_step import LlamaDecodeStep
 from alignkit.rollout.prepacked import prepacked_linears
 
 
@@ -83,8 +91,8 @@ def sample(
     and its last position gives every sample's first-token logits. Decoding is
     :func:`~alignkit.rollout.decoding.decode` (the configured temperature, top-k, top-p and
     `min_new_tokens`, nothing from the model's `generation_config`). A prompt longer than
-    `max_prompt_length` keeps its end. On the CPU the decoding steps use weights prepacked
-    for the batch (:func:`~alignkit.rollout.prepacked.prepacked_linears`).
+    `max_prompt_length` keeps its end. Each decoding step is :func:`decoding_step`'s: written
+    out for Llama-family decoders, the model's own forward otherwise.
     """
     config = config or SamplingConfig()
     encoded = [encode_prompt(p, tokenizer) for p in prompts]
@@ -112,12 +120,9 @@ def sample(
             if num_samples > 1:
                 cache.batch_repeat_interleave(num_samples)
             first_logits = prefill.logits[:, -1].repeat_interleave(num_samples, dim=0)
-            # every decoding step multiplies one token per row by each weight matrix
-            with prepacked_linears(model, rows=prompt_ids.shape[0]):
+            with decoding_step(model, cache, prompt_mask.to(device), config) as step:
                 response_ids = decode(
-                    model,
-                    cache,
-                    prompt_mask.to(device),
+                    step,
                     first_logits,
                     config,
                     eos_token_id=tokenizer.eos_token_id,
@@ -134,6 +139,21 @@ def sample(
     if config.stop_strings:
         texts = [_cut_at_stop(t, config.stop_strings) for t in texts]
     return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts)
+
+
+@contextlib.contextmanager
+def decoding_step(
+    model: PreTrainedModel, cache, attention_mask: torch.Tensor, config: SamplingConfig
+) -> Iterator[DecodeStep]:
+    """The fastest exact decoding step for `model`: Llama-family decoders run
+    :class:`~alignkit.rollout.llama_step.LlamaDecodeStep`; any other model its own forward,
+    with its linear layers prepacked for the batch on the CPU (every decoding step multiplies
+    one token per row by each weight matrix)."""
+    if LlamaDecodeStep.supports(model):
+        yield LlamaDecodeStep(model, cache, attention_mask, config.max_new_tokens)
+        return
+    with prepacked_linears(model, rows=attention_mask.shape[0]):
+        yield CachedForward(model, cache, attention_mask)
 
 
 def _stop_string_check(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]):

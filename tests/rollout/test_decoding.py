@@ -4,7 +4,7 @@ import torch
 
 from alignkit.data.tokenization import encode_prompt
 from alignkit.models.tiny import tiny_random_llama
-from alignkit.rollout.decoding import decode, inverse_cdf_sample, prefill_positions
+from alignkit.rollout.decoding import CachedForward, decode, inverse_cdf_sample, prefill_positions
 from alignkit.rollout.sampling import SamplingConfig, left_pad, sample
 
 PROMPTS = ["hello there, how are you?", "hi", [{"role": "user", "content": "2+2?"}]]
@@ -94,9 +94,7 @@ def test_stopped_rows_are_padded_and_the_loop_ends_when_all_are_done():
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=prefill_positions(mask))
         tokens = decode(
-            model,
-            out.cache,
-            mask,
+            CachedForward(model, out.cache, mask),
             out.logits[:, -1],
             SamplingConfig(max_new_tokens=10),
             eos_token_id=None,
@@ -128,9 +126,7 @@ def test_decode_leaves_the_callers_logits_alone():
     logits = out.logits[:, -1].clone()
     kept = logits.clone()
     decode(
-        model,
-        out.cache,
-        mask,
+        CachedForward(model, out.cache, mask),
         logits,
         SamplingConfig(max_new_tokens=2, min_new_tokens=2),  # EOS masked in both steps
         eos_token_id=tok.eos_token_id,

@@ -4,6 +4,7 @@ import torch
 
 from alignkit.models.tiny import tiny_random_llama
 from alignkit.rollout import prepacked
+from alignkit.rollout.llama_step import LlamaDecodeStep
 from alignkit.rollout.prepacked import prepacked_linears, prepacking_available
 from alignkit.rollout.sampling import SamplingConfig, sample
 
@@ -36,6 +37,8 @@ def test_autograd_takes_the_usual_path():
 
 def test_sampling_with_prepacked_weights_gives_the_same_tokens(monkeypatch):
     model, tok = tiny_random_llama(seed=2)
+    # the model's own forward, as for decoders without a written-out step
+    monkeypatch.setattr(LlamaDecodeStep, "supports", staticmethod(lambda model: False))
     prompts = ["hello there", "hi"]
     cfg = SamplingConfig(max_new_tokens=8, do_sample=False)
     calls = []

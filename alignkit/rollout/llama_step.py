@@ -59,6 +59,8 @@ class _LayerWeights(NamedTuple):
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """g ⊙ x / sqrt(mean(x²) + ε), computed in float32 and cast back (Llama's RMSNorm)."""
     dtype = x.dtype
+    if dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)  # one fused kernel
     x32 = x.to(torch.float32)
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(dtype)
@@ -162,11 +164,13 @@ class LlamaDecodeStep:
 
         capacity = prompt_length + max_new_tokens
         like = cache.layers[0].keys
-        shape = (batch, self.kv_heads, capacity, self.head_dim)
-        self.keys = [like.new_zeros(shape) for _ in self.layers]
-        self.values = [like.new_zeros(shape) for _ in self.layers]
+        # keys stored transposed ([B, KV heads, D, positions]): q·Kᵀ then reads them in order
+        keys_shape = (batch, self.kv_heads, self.head_dim, capacity)
+        values_shape = (batch, self.kv_heads, capacity, self.head_dim)
+        self.keys = [like.new_zeros(keys_shape) for _ in self.layers]
+        self.values = [like.new_zeros(values_shape) for _ in self.layers]
         for i, layer_cache in enumerate(cache.layers):
-            self.keys[i][:, :, :prompt_length] = layer_cache.keys
+            self.keys[i][..., :prompt_length] = layer_cache.keys.transpose(-1, -2)
             self.values[i][:, :, :prompt_length] = layer_cache.values
         # additive mask over cache columns: −inf on the prompts' left padding
         self.mask_bias = like.new_zeros(batch, 1, 1, capacity)
@@ -181,7 +185,7 @@ class LlamaDecodeStep:
         batch, heads, kv_heads, head_dim = self.batch, self.heads, self.kv_heads, self.head_dim
         linear, eps = self.linear, self.eps
         column = self.length
-        if column >= self.keys[0].shape[2]:
+        if column >= self.values[0].shape[2]:
             raise RuntimeError(f"the decoding cache holds {column} positions; it is full")
         self.positions = self.positions + 1
         x = F.embedding(token, self.embed)  # [B, hidden]
@@ -189,17 +193,20 @@ class LlamaDecodeStep:
         cos = cos.view(batch, 1, head_dim)
         half = head_dim // 2
         signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), -1).view(batch, 1, head_dim)
+        # the attention's 1/√d folded into the queries' rotation
+        q_cos, q_signed_sin = cos * self.scaling, signed_sin * self.scaling
         seen = column + 1
         mask_bias = self.mask_bias[..., :seen]
         for w, keys, values in zip(self.layers, self.keys, self.values, strict=True):
             h = rms_norm(x, w.input_norm, eps)
-            q = rotate(linear(h, w.q, w.q_bias).view(batch, heads, head_dim), cos, signed_sin)
-            k = rotate(linear(h, w.k, w.k_bias).view(batch, kv_heads, head_dim), cos, signed_sin)
-            keys[:, :, column] = k
+            q = linear(h, w.q, w.q_bias).view(batch, heads, head_dim)
+            q = rotate(q, q_cos, q_signed_sin)
+            k = linear(h, w.k, w.k_bias).view(batch, kv_heads, head_dim)
+            keys[..., column] = rotate(k, cos, signed_sin)
             values[:, :, column] = linear(h, w.v, w.v_bias).view(batch, kv_heads, head_dim)
             # query heads grouped by the key/value head they share (repeat_kv's order)
             q = q.view(batch, kv_heads, heads // kv_heads, head_dim)
-            scores = torch.matmul(q, keys[:, :, :seen].transpose(-1, -2)) * self.scaling
+            scores = torch.matmul(q, keys[..., :seen])
             probs = torch.softmax(scores + mask_bias, dim=-1, dtype=torch.float32).to(q.dtype)
             attended = torch.matmul(probs, values[:, :, :seen]).view(batch, heads * head_dim)
             x = x + linear(attended, w.o, w.o_bias)

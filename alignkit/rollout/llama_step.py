@@ -25,13 +25,22 @@ model's own forward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alignkit.rollout.prepacked import packed_linear, prepacking_available
+from alignkit.rollout.prepacked import (
+    epilogues_available,
+    pack_weight,
+    packed_linear,
+    packed_linear_add,
+    packed_linear_mul,
+    packed_linear_silu,
+    prepacking_available,
+)
 
 # model_type -> the causal-LM class whose layers this step reproduces
 _SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
@@ -39,12 +48,8 @@ _SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
 class _LayerWeights(NamedTuple):
     input_norm: torch.Tensor
-    q: torch.Tensor
-    q_bias: torch.Tensor | None
-    k: torch.Tensor
-    k_bias: torch.Tensor | None
-    v: torch.Tensor
-    v_bias: torch.Tensor | None
+    qkv: torch.Tensor  # W_q, W_k and W_v stacked: one product for the three
+    qkv_bias: torch.Tensor | None
     o: torch.Tensor
     o_bias: torch.Tensor | None
     post_norm: torch.Tensor
@@ -54,6 +59,37 @@ class _LayerWeights(NamedTuple):
     up_bias: torch.Tensor | None
     down: torch.Tensor
     down_bias: torch.Tensor | None
+
+
+class _Linears(NamedTuple):
+    """y = xWᵀ + b with the elementwise step that follows it in the layer, fused into the
+    product where oneDNN's prepacked kernel can (its epilogue), or as separate ops."""
+
+    prepare: Callable[[torch.Tensor], torch.Tensor]  # W -> the form the products take
+    plain: Callable  # (x, W, b) -> y
+    silu: Callable  # (x, W, b) -> silu(y)
+    add: Callable  # (x, other, W, b) -> y + other
+    mul: Callable  # (x, other, W, b) -> y ⊙ other
+
+
+UNFUSED = _Linears(
+    prepare=lambda weight: weight,
+    plain=F.linear,
+    silu=lambda x, w, b: F.silu(F.linear(x, w, b)),
+    add=lambda x, other, w, b: F.linear(x, w, b) + other,
+    mul=lambda x, other, w, b: F.linear(x, w, b) * other,
+)
+
+
+def prepacked(rows: int) -> _Linears:
+    """Products with weights reordered once for `rows` rows, epilogues fused."""
+    return _Linears(
+        prepare=lambda weight: pack_weight(weight, rows),
+        plain=packed_linear,
+        silu=packed_linear_silu,
+        add=packed_linear_add,
+        mul=packed_linear_mul,
+    )
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -77,6 +113,19 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torc
 
 def _bias(linear: nn.Linear) -> torch.Tensor | None:
     return None if linear.bias is None else linear.bias.detach()
+
+
+def _stacked(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The weights of linear maps of the same input stacked by output, and their biases
+    (zeros for a map without one; None when none has one)."""
+    weight = torch.cat([linear.weight.detach() for linear in linears])
+    if all(linear.bias is None for linear in linears):
+        return weight, None
+    biases = [
+        linear.weight.new_zeros(linear.out_features) if linear.bias is None else _bias(linear)
+        for linear in linears
+    ]
+    return weight, torch.cat(biases)
 
 
 class LlamaDecodeStep:
@@ -129,25 +178,21 @@ class LlamaDecodeStep:
         self.embed = decoder.embed_tokens.weight.detach()
         self.rotary = decoder.rotary_emb
         self.final_norm = decoder.norm.weight.detach()
-        packed = prepacking_available(model)
-        self.linear = packed_linear if packed else F.linear
+        packed = prepacking_available(model) and epilogues_available()
+        self.linears = linears = prepacked(batch) if packed else UNFUSED
 
         def weight(linear: nn.Linear) -> torch.Tensor:
-            w = linear.weight.detach()
-            return torch.ops.mkldnn._reorder_linear_weight(w, batch) if packed else w
+            return linears.prepare(linear.weight.detach())
 
         self.layers = []
         for layer in decoder.layers:
             attention, mlp = layer.self_attn, layer.mlp
+            qkv, qkv_bias = _stacked(attention.q_proj, attention.k_proj, attention.v_proj)
             self.layers.append(
                 _LayerWeights(
                     layer.input_layernorm.weight.detach(),
-                    weight(attention.q_proj),
-                    _bias(attention.q_proj),
-                    weight(attention.k_proj),
-                    _bias(attention.k_proj),
-                    weight(attention.v_proj),
-                    _bias(attention.v_proj),
+                    linears.prepare(qkv),
+                    qkv_bias,
                     weight(attention.o_proj),
                     _bias(attention.o_proj),
                     layer.post_attention_layernorm.weight.detach(),
@@ -183,38 +228,41 @@ class LlamaDecodeStep:
     @torch.no_grad()
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         batch, heads, kv_heads, head_dim = self.batch, self.heads, self.kv_heads, self.head_dim
-        linear, eps = self.linear, self.eps
+        linears, eps = self.linears, self.eps
         column = self.length
         if column >= self.values[0].shape[2]:
             raise RuntimeError(f"the decoding cache holds {column} positions; it is full")
         self.positions = self.positions + 1
         x = F.embedding(token, self.embed)  # [B, hidden]
         cos, sin = self.rotary(x, self.positions)  # [B, 1, D]
-        cos = cos.view(batch, 1, head_dim)
         half = head_dim // 2
-        signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), -1).view(batch, 1, head_dim)
-        # the attention's 1/√d folded into the queries' rotation
-        q_cos, q_signed_sin = cos * self.scaling, signed_sin * self.scaling
+        signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)
+        # one rotation for the query and key heads together; the attention's 1/√d folded
+        # into the queries' part
+        scaled = self.scaling
+        qk_cos = torch.cat((cos.expand(-1, heads, -1) * scaled, cos.expand(-1, kv_heads, -1)), 1)
+        qk_sin = torch.cat(
+            (signed_sin.expand(-1, heads, -1) * scaled, signed_sin.expand(-1, kv_heads, -1)), 1
+        )
         seen = column + 1
         mask_bias = self.mask_bias[..., :seen]
         for w, keys, values in zip(self.layers, self.keys, self.values, strict=True):
             h = rms_norm(x, w.input_norm, eps)
-            q = linear(h, w.q, w.q_bias).view(batch, heads, head_dim)
-            q = rotate(q, q_cos, q_signed_sin)
-            k = linear(h, w.k, w.k_bias).view(batch, kv_heads, head_dim)
-            keys[..., column] = rotate(k, cos, signed_sin)
-            values[:, :, column] = linear(h, w.v, w.v_bias).view(batch, kv_heads, head_dim)
+            qkv = linears.plain(h, w.qkv, w.qkv_bias).view(batch, heads + 2 * kv_heads, head_dim)
+            qk = rotate(qkv[:, : heads + kv_heads], qk_cos, qk_sin)
+            keys[..., column] = qk[:, heads:]
+            values[:, :, column] = qkv[:, heads + kv_heads :]
             # query heads grouped by the key/value head they share (repeat_kv's order)
-            q = q.view(batch, kv_heads, heads // kv_heads, head_dim)
+            q = qk[:, :heads].view(batch, kv_heads, heads // kv_heads, head_dim)
             scores = torch.matmul(q, keys[..., :seen])
             probs = torch.softmax(scores + mask_bias, dim=-1, dtype=torch.float32).to(q.dtype)
             attended = torch.matmul(probs, values[:, :, :seen]).view(batch, heads * head_dim)
-            x = x + linear(attended, w.o, w.o_bias)
+            x = linears.add(attended, x, w.o, w.o_bias)
             h = rms_norm(x, w.post_norm, eps)
-            gated = F.silu(linear(h, w.gate, w.gate_bias)) * linear(h, w.up, w.up_bias)
-            x = x + linear(gated, w.down, w.down_bias)
+            gate = linears.silu(h, w.gate, w.gate_bias)
+            x = linears.add(linears.mul(h, gate, w.up, w.up_bias), x, w.down, w.down_bias)
         self.length = seen
-        return linear(rms_norm(x, self.final_norm, eps), self.head, self.head_bias)
+        return linears.plain(rms_norm(x, self.final_norm, eps), self.head, self.head_bias)
 
 
 __all__ = ["LlamaDecodeStep", "rms_norm", "rotate"]

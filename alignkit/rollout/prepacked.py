@@ -32,15 +32,51 @@ def prepacking_available(model: nn.Module) -> bool:
         parameter is not None
         and parameter.device.type == "cpu"
         and parameter.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and prepacking_ops_available()
     )
 
 
 def packed_linear(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None):
     """y = x Wᵀ + b for x [rows, in] with W reordered by `_reorder_linear_weight`."""
     return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "none", [], "")
+
+
+def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """W [out, in] reordered by oneDNN for products with `rows` rows."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+
+
+def epilogues_available() -> bool:
+    """oneDNN's linear with a fused elementwise epilogue (`_linear_pointwise.binary`)."""
+    return prepacking_ops_available() and hasattr(torch.ops.mkldnn._linear_pointwise, "binary")
+
+
+def prepacking_ops_available() -> bool:
+    """A PyTorch built with oneDNN's packed linear ops."""
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def packed_linear_silu(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None):
+    """silu(x Wᵀ + b), the activation applied by the GEMM's epilogue."""
+    return torch.ops.mkldnn._linear_pointwise(x, packed_weight, bias, "swish", [], "")
+
+
+def packed_linear_add(
+    x: torch.Tensor, other: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None
+):
+    """x Wᵀ + b + other (a residual added by the GEMM's epilogue)."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, other, packed_weight, bias, "add")
+
+
+def packed_linear_mul(
+    x: torch.Tensor, other: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None
+):
+    """(x Wᵀ + b) ⊙ other (a gate multiplied by the GEMM's epilogue)."""
+    return torch.ops.mkldnn._linear_pointwise.binary(x, other, packed_weight, bias, "mul")
 
 
 @contextlib.contextmanager
@@ -57,7 +93,7 @@ def prepacked_linears(model: nn.Module, rows: int) -> Iterator[bool]:
             if type(module) is not nn.Linear:
                 continue
             weight = module.weight.detach()
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, rows)
+            packed = pack_weight(weight, rows)
             module.forward = _packed_forward(module, packed, rows)
             patched.append(module)
         yield True

@@ -42,8 +42,18 @@ def llama3_rope():
     )
 
 
+def llama_with_biases():
+    model, tok = tiny_random_llama(seed=5, attention_bias=True, mlp_bias=True)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.5)
+    return model, tok
+
+
 MODELS = {
     "llama": lambda: tiny_random_llama(seed=1),
+    "llama-biases": llama_with_biases,
     "llama-no-gqa": lambda: tiny_random_llama(seed=2, num_key_value_heads=4),
     "llama3-rope-scaling": llama3_rope,
     "qwen2-biases": tiny_qwen2,

@@ -1,5 +1,6 @@
 """Prepacked linear weights for decoding: same outputs, used only where they apply."""
 
+import pytest
 import torch
 
 from alignkit.models.tiny import tiny_random_llama
@@ -49,3 +50,19 @@ def test_sampling_with_prepacked_weights_gives_the_same_tokens(monkeypatch):
     monkeypatch.setattr(prepacked, "prepacking_available", lambda model: False)
     plain = sample(model, tok, prompts, cfg, num_samples=3)
     assert torch.equal(packed.response_ids, plain.response_ids)
+
+
+def test_fused_epilogues_equal_the_separate_ops():
+    if not (prepacked.prepacking_ops_available() and prepacked.epilogues_available()):
+        pytest.skip("no oneDNN packed linear in this PyTorch build")
+    torch.manual_seed(0)
+    w, b = torch.randn(24, 16), torch.randn(24)
+    x, other = torch.randn(4, 16), torch.randn(4, 24)
+    packed = prepacked.pack_weight(w, 4)
+    y = torch.nn.functional.linear(x, w, b)
+    torch.testing.assert_close(prepacked.packed_linear(x, packed, b), y)
+    torch.testing.assert_close(
+        prepacked.packed_linear_silu(x, packed, b), torch.nn.functional.silu(y)
+    )
+    torch.testing.assert_close(prepacked.packed_linear_add(x, other, packed, b), y + other)
+    torch.testing.assert_close(prepacked.packed_linear_mul(x, other, packed, b), y * other)

@@ -12,10 +12,16 @@ On SmolLM2-135M with 8 rows that is about 1 ms a layer a step on top of the matm
     x' = h + W_down (silu(W_gate n₂(h)) ⊙ W_up n₂(h))
 
 with the keys and values written into a cache allocated once for the prompt and every
-token to come, a pad mask built once, the rotary cos/sin taken once a step from the
-model's own rotary embedding (any RoPE scaling it has), and, on the CPU, the weights
-prepacked for the batch (:mod:`alignkit.rollout.prepacked`). Its logits match the model's
-forward up to float rounding (tests check ~1e-5).
+token to come (keys transposed, so q·Kᵀ reads them in order), a pad mask built once, the
+rotary cos/sin taken once a step from the model's own rotary embedding (any RoPE scaling
+it has) and applied to the query and key heads together, W_q, W_k and W_v stacked into one
+product, and, on the CPU, the weights prepacked for the batch
+(:mod:`alignkit.rollout.prepacked`) with the residual additions, the SiLU and the gate's
+product done by the GEMM's epilogue: 16 ops a layer where the plain version has 26. Its
+logits match the model's forward up to float rounding (tests check ~1e-5). On SmolLM2-135M,
+one thread, a 32-token generation for 8 rows (prefill, packing and 31 steps) took 3.52 s
+against 4.16 s through the model's forward with prepacked weights (medians of 6 alternating
+runs).
 
 It covers decoders that are exactly this shape: Llama and Qwen2 (their q/k/v biases
 included) with plain `nn.Linear` projections, full attention in every layer and no
@@ -42,7 +48,7 @@ from alignkit.rollout.prepacked import (
     prepacking_available,
 )
 
-# model_type -> the causal-LM class whose layers this step reproduces
+# transformers model types whose decoder layers are exactly the function computed here
 _SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
 

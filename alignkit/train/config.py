@@ -93,6 +93,12 @@ class TrainConfig:
         "returning it to the kernel (fewer page faults, faster steps; the process keeps its "
         "high-water mark).",
     )
+    sparse_embedding_grads: bool = option(
+        True,
+        "On one process: take the input embedding's gradient as the rows a batch used, "
+        "instead of a dense copy of the whole table at every backward (less peak memory; "
+        "the same gradients).",
+    )
 
     # LoRA
     use_lora: bool = option(False, "Train LoRA adapters instead of all weights.")

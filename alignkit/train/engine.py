@@ -77,6 +77,7 @@ from alignkit.train.checkpoint import (
     set_rng_state,
 )
 from alignkit.train.config import TrainConfig
+from alignkit.train.embedding_grads import densify_sparse_grads, use_sparse_embedding_grads
 from alignkit.train.host_memory import keep_freed_host_memory
 from alignkit.train.optim import build_optimizer, build_scheduler
 from alignkit.train.run_dir import RunDirectory
@@ -215,6 +216,8 @@ class Engine:
             enable_gradient_checkpointing(model)
         if cfg.keep_host_memory and self.accelerator.device.type == "cpu":
             keep_freed_host_memory()
+        if cfg.sparse_embedding_grads and self.accelerator.num_processes == 1:
+            use_sparse_embedding_grads(model)
         optimizer = optimizer or build_optimizer(model, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -340,6 +343,7 @@ class Engine:
         if not nonfinite:
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
             params = [p for p in self.model.parameters() if p.requires_grad]
+            densify_sparse_grads(params)  # an embedding's rows (sparse_embedding_grads)
             grad_norm = self._clip_gradients(params, max_norm)
             nonfinite = not math.isfinite(grad_norm)  # same on every process (grads all-reduced)
         self._last_lr = self.lr

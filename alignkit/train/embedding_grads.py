@@ -16,7 +16,8 @@ float additions. On the SFT benchmark (2 threads) peak memory went from 2982–3
 2846–2904 MiB in three pairs of runs.
 
 Only for one process: DistributedDataParallel treats a sparse embedding as one whose
-gradients it must all-reduce sparsely.
+gradients it must all-reduce sparsely. The engine switches the embeddings back when its
+run closes.
 """
 
 from __future__ import annotations
@@ -26,14 +27,22 @@ from collections.abc import Iterable
 from torch import nn
 
 
-def use_sparse_embedding_grads(model: nn.Module) -> int:
-    """Switch every trainable `nn.Embedding` in `model` to sparse gradients; returns how many."""
-    switched = 0
+def use_sparse_embedding_grads(model: nn.Module) -> list[nn.Embedding]:
+    """Switch every trainable `nn.Embedding` in `model` to sparse gradients; returns those
+    switched (for :func:`restore_dense_embedding_grads`)."""
+    switched = []
     for module in model.modules():
-        if isinstance(module, nn.Embedding) and module.weight.requires_grad:
+        if isinstance(module, nn.Embedding) and module.weight.requires_grad and not module.sparse:
             module.sparse = True
-            switched += 1
+            switched.append(module)
     return switched
+
+
+def restore_dense_embedding_grads(embeddings: Iterable[nn.Embedding]) -> None:
+    """Undo :func:`use_sparse_embedding_grads`: a model handed back to its user trains with
+    any optimizer, as loaded (most refuse sparse gradients)."""
+    for module in embeddings:
+        module.sparse = False
 
 
 def densify_sparse_grads(params: Iterable[nn.Parameter]) -> None:
@@ -43,4 +52,8 @@ def densify_sparse_grads(params: Iterable[nn.Parameter]) -> None:
             param.grad = param.grad.to_dense()
 
 
-__all__ = ["densify_sparse_grads", "use_sparse_embedding_grads"]
+__all__ = [
+    "densify_sparse_grads",
+    "restore_dense_embedding_grads",
+    "use_sparse_embedding_grads",
+]

@@ -77,7 +77,11 @@ from alignkit.train.checkpoint import (
     set_rng_state,
 )
 from alignkit.train.config import TrainConfig
-from alignkit.train.embedding_grads import densify_sparse_grads, use_sparse_embedding_grads
+from alignkit.train.embedding_grads import (
+    densify_sparse_grads,
+    restore_dense_embedding_grads,
+    use_sparse_embedding_grads,
+)
 from alignkit.train.host_memory import keep_freed_host_memory
 from alignkit.train.optim import build_optimizer, build_scheduler
 from alignkit.train.run_dir import RunDirectory
@@ -216,8 +220,9 @@ class Engine:
             enable_gradient_checkpointing(model)
         if cfg.keep_host_memory and self.accelerator.device.type == "cpu":
             keep_freed_host_memory()
+        self._sparse_embeddings: list[nn.Embedding] = []
         if cfg.sparse_embedding_grads and self.accelerator.num_processes == 1:
-            use_sparse_embedding_grads(model)
+            self._sparse_embeddings = use_sparse_embedding_grads(model)
         optimizer = optimizer or build_optimizer(model, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -548,6 +553,13 @@ class Engine:
             )
         return total, per_epoch
 
+    def close(self) -> None:
+        """End the run: close its logs and hand the model back as it was loaded (dense
+        embedding gradients)."""
+        restore_dense_embedding_grads(self._sparse_embeddings)
+        self._sparse_embeddings = []
+        self.run.close()
+
     def fit(
         self,
         train_dataset: Sequence[Any],
@@ -639,7 +651,7 @@ class Engine:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
         except BaseException:
-            self.run.close()
+            self.close()
             raise
         finally:
             bar.close()
@@ -648,7 +660,7 @@ class Engine:
         checkpoint = self.save_checkpoint()
         model_dir = self.save_model(Path(cfg.output_dir) / "model")
         self.run.log_event("finished", self.state.step, f"trained {self.state.step} steps")
-        self.run.close()
+        self.close()
         return FitResult(
             steps=self.state.step,
             train_metrics=dict(self.last_train_record),

@@ -459,7 +459,7 @@ class OnlineTrainer:
         checkpoint = engine.save_checkpoint()
         model_dir = engine.save_model(Path(cfg.output_dir) / "model")
         engine.run.log_event("finished", engine.state.step, f"{iteration} iterations")
-        engine.run.close()
+        engine.close()
         return OnlineResult(
             steps=iteration,
             optimizer_steps=engine.state.step,

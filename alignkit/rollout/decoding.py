@@ -72,6 +72,12 @@ def prefill_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return positions.masked_fill(attention_mask == 0, 0)
 
 
+def last_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's last prompt position [B, 1] under :func:`prefill_positions`; the next
+    token goes one past it."""
+    return attention_mask.long().sum(-1, keepdim=True) - 1
+
+
 # the tokens just drawn [B] -> the logits of the next ones [B, V]
 DecodeStep = Callable[[torch.Tensor], torch.Tensor]
 
@@ -84,7 +90,7 @@ class CachedForward:
         self.model = model
         self.cache = cache
         self.attention_mask = attention_mask
-        self.positions = attention_mask.long().sum(-1, keepdim=True) - 1  # last positions
+        self.positions = last_positions(attention_mask)
 
     @torch.no_grad()
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
@@ -166,6 +172,7 @@ __all__ = [
     "SamplingConfig",
     "decode",
     "inverse_cdf_sample",
+    "last_positions",
     "logits_shaper",
     "prefill_positions",
 ]

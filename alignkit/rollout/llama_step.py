@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alignkit.rollout.decoding import last_positions
 from alignkit.rollout.prepacked import (
     epilogues_available,
     pack_weight,
@@ -229,7 +230,7 @@ class LlamaDecodeStep:
             attention_mask.to(like.device) == 0, float("-inf")
         )
         self.length = prompt_length  # cache columns filled
-        self.positions = attention_mask.to(like.device).long().sum(-1, keepdim=True) - 1
+        self.positions = last_positions(attention_mask.to(like.device))
 
     @torch.no_grad()
     def __call__(self, token: torch.Tensor) -> torch.Tensor:

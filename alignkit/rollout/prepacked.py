@@ -46,11 +46,6 @@ def pack_weight(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, rows)
 
 
-def epilogues_available() -> bool:
-    """oneDNN's linear with a fused elementwise epilogue (`_linear_pointwise.binary`)."""
-    return prepacking_ops_available() and hasattr(torch.ops.mkldnn._linear_pointwise, "binary")
-
-
 def prepacking_ops_available() -> bool:
     """A PyTorch built with oneDNN's packed linear ops."""
     return (
@@ -58,6 +53,11 @@ def prepacking_ops_available() -> bool:
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
+
+
+def epilogues_available() -> bool:
+    """oneDNN's linear with a fused elementwise epilogue (`_linear_pointwise.binary`)."""
+    return prepacking_ops_available() and hasattr(torch.ops.mkldnn._linear_pointwise, "binary")
 
 
 def packed_linear_silu(x: torch.Tensor, packed_weight: torch.Tensor, bias: torch.Tensor | None):

@@ -54,7 +54,7 @@ def run_trainer(command: str, argv: Sequence[str]) -> int:
     """`alignkit <command> [--config FILE.yaml] [--key value ...]`: train and summarise."""
     import importlib
 
-    from alignkit.config import parse_config
+    from alignkit.options import parse_config
     from alignkit.train.summary import print_run_summary
 
     module_name, config_name, trainer_name, description = TRAINERS[command]

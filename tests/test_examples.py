@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from alignkit.cli import TRAINERS, main
-from alignkit.config import load_config
+from alignkit.options import load_config
 
 EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
 

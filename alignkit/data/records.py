@@ -109,7 +109,7 @@ def detect_format(row: dict[str, Any], *, path: str = "<data>", row_number: int 
 # ----------------------------------------------------------------------------- validation
 
 
-class _Ctx:
+class _RowLocation:
     def __init__(self, path: str, row: int):
         self.path = path
         self.row = row
@@ -132,7 +132,7 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
-def _messages(value: Any, ctx: _Ctx, name: str) -> list[Message]:
+def _messages(value: Any, ctx: _RowLocation, name: str) -> list[Message]:
     out: list[Message] = []
     for i, msg in enumerate(value):
         where = f"{name}[{i}]"
@@ -157,7 +157,9 @@ def _messages(value: Any, ctx: _Ctx, name: str) -> list[Message]:
     return out
 
 
-def _text_or_messages(row: dict, name: str, ctx: _Ctx, *, required: bool = True) -> Text | None:
+def _text_or_messages(
+    row: dict, name: str, ctx: _RowLocation, *, required: bool = True
+) -> Text | None:
     value = row.get(name)
     if value is None:
         if required:
@@ -178,7 +180,7 @@ def _is_empty(value: Text) -> bool:
     return all(not m["content"].strip() for m in value)
 
 
-def _check_prompt(prompt: Text, ctx: _Ctx, name: str = "prompt") -> None:
+def _check_prompt(prompt: Text, ctx: _RowLocation, name: str = "prompt") -> None:
     if _is_empty(prompt):
         raise ctx.error(name, "empty prompt")
     if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
@@ -189,7 +191,7 @@ def _check_prompt(prompt: Text, ctx: _Ctx, name: str = "prompt") -> None:
         )
 
 
-def _check_response(prompt: Text, response: Text, ctx: _Ctx, name: str) -> None:
+def _check_response(prompt: Text, response: Text, ctx: _RowLocation, name: str) -> None:
     if isinstance(prompt, str) != isinstance(response, str):
         kinds = ("text", "a message list")
         raise ctx.error(
@@ -205,7 +207,7 @@ def _check_response(prompt: Text, response: Text, ctx: _Ctx, name: str) -> None:
         )
 
 
-def _optional_str(row: dict, name: str, ctx: _Ctx) -> str | None:
+def _optional_str(row: dict, name: str, ctx: _RowLocation) -> str | None:
     value = row.get(name)
     if value is None:
         return None
@@ -214,7 +216,7 @@ def _optional_str(row: dict, name: str, ctx: _Ctx) -> str | None:
     return value
 
 
-def _margin(row: dict, ctx: _Ctx) -> float | None:
+def _margin(row: dict, ctx: _RowLocation) -> float | None:
     value = row.get("margin")
     if value is None:
         return None
@@ -230,7 +232,7 @@ def _margin(row: dict, ctx: _Ctx) -> float | None:
     return float(value)
 
 
-def _split_implicit(chosen: list[Message], rejected: list[Message], ctx: _Ctx):
+def _split_implicit(chosen: list[Message], rejected: list[Message], ctx: _RowLocation):
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
         n += 1
@@ -246,7 +248,7 @@ def _split_implicit(chosen: list[Message], rejected: list[Message], ctx: _Ctx):
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def validate_preference(row: dict, ctx: _Ctx) -> PreferenceExample:
+def validate_preference(row: dict, ctx: _RowLocation) -> PreferenceExample:
     prompt = _text_or_messages(row, "prompt", ctx, required=False)
     chosen = _text_or_messages(row, "chosen", ctx)
     rejected = _text_or_messages(row, "rejected", ctx)
@@ -275,7 +277,7 @@ def validate_preference(row: dict, ctx: _Ctx) -> PreferenceExample:
     )
 
 
-def validate_sft(row: dict, ctx: _Ctx) -> SFTExample:
+def validate_sft(row: dict, ctx: _RowLocation) -> SFTExample:
     if row.get("messages") is not None and row.get("completion") is None:
         messages = row["messages"]
         if not isinstance(messages, (list, tuple)):
@@ -310,7 +312,7 @@ def validate_sft(row: dict, ctx: _Ctx) -> SFTExample:
 _PROMPT_KNOWN = {"prompt", "group", "annotator"}
 
 
-def validate_prompt(row: dict, ctx: _Ctx) -> PromptExample:
+def validate_prompt(row: dict, ctx: _RowLocation) -> PromptExample:
     prompt = _text_or_messages(row, "prompt", ctx)
     _check_prompt(prompt, ctx)
     return PromptExample(
@@ -334,7 +336,7 @@ def validate_row(
     """Check one raw row against ``format`` and return its typed record (or raise DataError)."""
     if format not in _VALIDATORS:
         raise UserError(f"unknown data format '{format}'; expected one of {', '.join(FORMATS)}")
-    return _VALIDATORS[format](row, _Ctx(path, row_number))
+    return _VALIDATORS[format](row, _RowLocation(path, row_number))
 
 
 # ----------------------------------------------------------------------------- loading

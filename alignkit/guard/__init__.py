@@ -16,7 +16,11 @@ from alignkit.guard.detectors import (
 )
 from alignkit.guard.events import GuardEvent, Severity
 from alignkit.guard.guard import Guard, GuardDecision
-from alignkit.guard.kl import AdaptiveKLController, FixedKLController, build_kl_controller
+from alignkit.guard.kl_controllers import (
+    AdaptiveKLController,
+    FixedKLController,
+    build_kl_controller,
+)
 
 __all__ = [
     "DETECTORS",

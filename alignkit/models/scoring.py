@@ -265,13 +265,13 @@ def labelled_token_logprobs(
     and the mask is 1 where the label is not -100 (prompt and padding are 0). `position_ids`
     [B, T]: rows are blocks of several examples whose positions restart at each (packed SFT).
     """
-    logps, mask, _ = labelled_token_stats(
+    logps, mask, _ = labelled_token_logprobs_and_entropy(
         model, input_ids, attention_mask, labels, temperature=temperature, position_ids=position_ids
     )
     return logps, mask
 
 
-def labelled_token_stats(
+def labelled_token_logprobs_and_entropy(
     model: nn.Module,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,

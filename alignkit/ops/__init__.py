@@ -1,7 +1,7 @@
 """Pure tensor functions for the alignment math. Imports only torch."""
 
 from .advantages import gae, group_normalized_advantages, rloo_advantages
-from .kl import kl_estimate, kl_k1, kl_k2, kl_k3
+from .kl_estimators import kl_estimate, kl_k1, kl_k2, kl_k3
 from .logprobs import entropy_from_logits, sequence_logprobs, token_logprobs
 from .losses import (
     bradley_terry_loss,

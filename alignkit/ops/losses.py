@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from .kl import kl_k3
+from .kl_estimators import kl_k3
 from .logprobs import DEFAULT_CHUNK_SIZE, token_logprobs
 from .stats import masked_mean, masked_sum
 

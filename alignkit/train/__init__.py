@@ -5,9 +5,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Exported lazily (PEP 562) so that importing alignkit.train.config does not import accelerate.
+# Exported lazily (PEP 562) so that importing alignkit.train.train_config does not import accelerate.
 _EXPORTS = {
-    "TrainConfig": "alignkit.train.config",
+    "TrainConfig": "alignkit.train.train_config",
     "Engine": "alignkit.train.engine",
     "FitResult": "alignkit.train.engine",
     "StepResult": "alignkit.train.engine",

@@ -17,7 +17,7 @@ from alignkit.data import demo_path, load_dataset_records, tokenize_records, tra
 from alignkit.errors import UserError
 from alignkit.models import apply_lora, load_causal_lm
 from alignkit.train.checkpoint import default_save_model
-from alignkit.train.config import TrainConfig
+from alignkit.train.train_config import TrainConfig
 
 DEMO_DATASET = "demo"
 

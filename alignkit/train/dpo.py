@@ -17,12 +17,12 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from alignkit.config import ConfigValueError, option
 from alignkit.data import PreferenceCollator
 from alignkit.models.reference import ReferencePolicy
 from alignkit.models.scoring import labelled_token_logprobs
 from alignkit.ops.logprobs import sequence_logprobs
 from alignkit.ops.losses import dpo_loss, simpo_loss
+from alignkit.options import ConfigValueError, option
 from alignkit.train.common import (
     evaluate_in_batches,
     export_merged_lora,
@@ -31,8 +31,8 @@ from alignkit.train.common import (
     save_policy_hook,
     tokenize,
 )
-from alignkit.train.config import TrainConfig
 from alignkit.train.engine import Engine, FitResult
+from alignkit.train.train_config import TrainConfig
 
 LossType = Literal["sigmoid", "ipo", "hinge", "robust", "simpo"]
 # IPO and SimPO compare length-averaged log-probabilities (as their papers and TRL do).

@@ -76,7 +76,6 @@ from alignkit.train.checkpoint import (
     save_torch,
     set_rng_state,
 )
-from alignkit.train.config import TrainConfig
 from alignkit.train.embedding_grads import (
     densify_sparse_grads,
     restore_dense_embedding_grads,
@@ -86,6 +85,7 @@ from alignkit.train.host_memory import keep_freed_host_memory
 from alignkit.train.optim import build_optimizer, build_scheduler
 from alignkit.train.run_dir import RunDirectory
 from alignkit.train.sampler import EpochBatchSampler
+from alignkit.train.train_config import TrainConfig
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, Mapping[str, Any]]"]
 EvalFn = Callable[[torch.nn.Module], "Mapping[str, Any]"]

@@ -19,12 +19,12 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from alignkit.config import ConfigValueError, option
 from alignkit.data import PromptExample
-from alignkit.models.scoring import labelled_token_stats
+from alignkit.models.scoring import labelled_token_logprobs_and_entropy
 from alignkit.ops.advantages import group_normalized_advantages, rloo_advantages
 from alignkit.ops.losses import grpo_loss
 from alignkit.ops.stats import masked_mean
+from alignkit.options import ConfigValueError, option
 from alignkit.train.common import save_policy_hook
 from alignkit.train.online import (
     OnlineConfig,
@@ -143,7 +143,7 @@ class GRPOTrainer(OnlineTrainer):
         context["output"] = output
         experience = GroupExperience(seq, None, ref_logps, advantages, metrics, context)
         if not self.folds_old_policy_pass():
-            old_logps, mask, entropy = labelled_token_stats(
+            old_logps, mask, entropy = labelled_token_logprobs_and_entropy(
                 self.engine.unwrapped_model, seq.input_ids, seq.attention_mask, seq.labels,
                 temperature=cfg.temperature, with_entropy=True,
             )  # fmt: skip
@@ -197,7 +197,7 @@ class GRPOTrainer(OnlineTrainer):
         ):  # fmt: skip
             seq = experience.sequences.select(rows)
             with engine.accumulate():
-                logps, mask, entropy = labelled_token_stats(
+                logps, mask, entropy = labelled_token_logprobs_and_entropy(
                     engine.model, seq.input_ids, seq.attention_mask, seq.labels,
                     temperature=cfg.temperature, with_entropy=fold,
                 )  # fmt: skip

@@ -22,21 +22,21 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from alignkit.config import ConfigValueError, option
 from alignkit.data import PromptExample, load_dataset_records, train_eval_split
 from alignkit.data.tokenization import pad_sequences
 from alignkit.errors import UserError
 from alignkit.guard import build_guard, build_kl_controller
 from alignkit.models.reference import ReferencePolicy
-from alignkit.models.scoring import IGNORE_INDEX, labelled_token_stats
-from alignkit.ops.kl import kl_estimate
+from alignkit.models.scoring import IGNORE_INDEX, labelled_token_logprobs_and_entropy
+from alignkit.ops.kl_estimators import kl_estimate
+from alignkit.options import ConfigValueError, option
 from alignkit.rewards import build_reward, build_reward_normalizer, repeated_ngram_fraction
 from alignkit.rewards.base import RewardOutput
 from alignkit.rollout.sampling import Rollout, SamplingConfig, sample
 from alignkit.train.common import dataset_path, policy_and_tokenizer
-from alignkit.train.config import TrainConfig
 from alignkit.train.engine import Engine, mean_dicts
 from alignkit.train.optim import build_optimizer
+from alignkit.train.train_config import TrainConfig
 
 ROLLOUTS_FILE = "rollouts.jsonl"
 
@@ -320,7 +320,7 @@ class OnlineTrainer:
 
     @torch.no_grad()
     def reference_logps(self, sequences: Sequences) -> torch.Tensor:
-        logps, _, _ = labelled_token_stats(
+        logps, _, _ = labelled_token_logprobs_and_entropy(
             self.reference, sequences.input_ids, sequences.attention_mask, sequences.labels,
             temperature=self.cfg.temperature,
         )  # fmt: skip

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule from a :class:`~alignkit.train.config.TrainConfig`."""
+"""Optimizer and learning-rate schedule from a :class:`~alignkit.train.train_config.TrainConfig`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from alignkit.train.config import TrainConfig
+from alignkit.train.train_config import TrainConfig
 
 
 def build_optimizer(

@@ -23,13 +23,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from alignkit.config import ConfigValueError, option
 from alignkit.data import PromptExample, SFTCollator, load_dataset_records, tokenize_records
 from alignkit.models.heads import ScalarHeadModel, last_token_index, load_scalar_model
-from alignkit.models.scoring import labelled_token_stats
+from alignkit.models.scoring import labelled_token_logprobs_and_entropy
 from alignkit.ops.advantages import gae
 from alignkit.ops.losses import ppo_policy_loss, ppo_value_loss
 from alignkit.ops.stats import masked_mean, masked_whiten
+from alignkit.options import ConfigValueError, option
 from alignkit.train.checkpoint import default_load_model, default_save_model
 from alignkit.train.common import dataset_path
 from alignkit.train.online import OnlineConfig, OnlineTrainer, Sequences, minibatches
@@ -90,7 +90,7 @@ class PolicyAndCritic(nn.Module):
         with_values: bool = True,
         with_entropy: bool = False,
     ) -> dict[str, torch.Tensor | None]:
-        logps, mask, entropy = labelled_token_stats(
+        logps, mask, entropy = labelled_token_logprobs_and_entropy(
             self.policy, input_ids, attention_mask, labels,
             temperature=temperature, with_entropy=with_entropy,
         )  # fmt: skip

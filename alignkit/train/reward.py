@@ -15,14 +15,14 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
-from alignkit.config import option
 from alignkit.data import PreferenceCollator
 from alignkit.errors import UserError
 from alignkit.models.heads import ScalarHeadModel, load_scalar_model
 from alignkit.ops.losses import bradley_terry_loss, preference_accuracy
+from alignkit.options import option
 from alignkit.train.common import evaluate_in_batches, load_train_eval, tokenize
-from alignkit.train.config import TrainConfig
 from alignkit.train.engine import Engine, FitResult
+from alignkit.train.train_config import TrainConfig
 
 
 @dataclass

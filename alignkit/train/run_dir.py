@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from alignkit.config import save_config
+from alignkit.options import save_config
 
 METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"

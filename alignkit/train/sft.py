@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from alignkit.config import option
 from alignkit.data import SFTCollator, pack_sequences
 from alignkit.models.scoring import labelled_token_logprobs
+from alignkit.options import option
 from alignkit.train.common import (
     evaluate_in_batches,
     export_merged_lora,
@@ -20,8 +20,8 @@ from alignkit.train.common import (
     save_policy_hook,
     tokenize,
 )
-from alignkit.train.config import TrainConfig
 from alignkit.train.engine import Engine, FitResult
+from alignkit.train.train_config import TrainConfig
 
 
 @dataclass

@@ -10,7 +10,7 @@ from alignkit.models import apply_lora, tiny_random_llama
 from alignkit.models.reference import ReferencePolicy
 from alignkit.models.scoring import (
     labelled_token_logprobs,
-    labelled_token_stats,
+    labelled_token_logprobs_and_entropy,
     pack_batch,
     supports_padding_free,
 )
@@ -107,7 +107,9 @@ def test_packing_refused_without_padding_or_with_holes():
 def test_packed_entropy_and_its_gradient_equal_the_padded_forward():
     model, _ = tiny_random_llama(seed=3)
     ids, attn, labels = _batch()
-    logps, mask, entropy = labelled_token_stats(model, ids, attn, labels, with_entropy=True)
+    logps, mask, entropy = labelled_token_logprobs_and_entropy(
+        model, ids, attn, labels, with_entropy=True
+    )
     assert entropy.shape == logps.shape
     assert torch.allclose(logps, _padded_reference(model, ids, attn, labels), atol=1e-5)
     padded = entropy_from_logits(model(input_ids=ids, attention_mask=attn).logits[:, :-1])
@@ -115,7 +117,9 @@ def test_packed_entropy_and_its_gradient_equal_the_padded_forward():
     assert bool((entropy[~mask] == 0).all())
 
     def packed_entropy():
-        return labelled_token_stats(model, ids, attn, labels, with_entropy=True)[2][mask].sum()
+        return labelled_token_logprobs_and_entropy(model, ids, attn, labels, with_entropy=True)[2][
+            mask
+        ].sum()
 
     def padded_entropy():
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]

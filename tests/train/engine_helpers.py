@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.models.tiny import tiny_random_llama
-from alignkit.train.config import TrainConfig
+from alignkit.train.train_config import TrainConfig
 
 SEQ_LEN = 12
 

@@ -24,11 +24,11 @@ from engine_helpers import (
 
 from alignkit.errors import UserError
 from alignkit.models.tiny import tiny_random_llama
-from alignkit.train.config import TrainConfig
 from alignkit.train.engine import Engine, NonFiniteLossError
 from alignkit.train.optim import build_optimizer, build_scheduler, lr_multiplier
 from alignkit.train.run_dir import read_jsonl
 from alignkit.train.sampler import EpochBatchSampler
+from alignkit.train.train_config import TrainConfig
 
 
 def train_losses(run_dir) -> dict[int, float]:

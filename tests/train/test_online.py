@@ -187,13 +187,13 @@ def test_user_group_weights_favour_the_lagging_group():
 
 def test_online_run_needs_a_reward():
     with pytest.raises(UserError, match="reward"):
-        from alignkit.config import load_config
+        from alignkit.options import load_config
 
         load_config(GRPOConfig, None, ["--dataset", "demo"])
 
 
 def test_min_new_tokens_above_max_is_one_clear_error():
-    from alignkit.config import load_config
+    from alignkit.options import load_config
 
     args = ["--dataset", "demo", "--reward-model", "rm", "--max-new-tokens", "8"]
     with pytest.raises(UserError, match="min_new_tokens"):

@@ -8,7 +8,8 @@ from typing import Any, Literal
 import pytest
 import yaml
 
-from alignkit.config import (
+from alignkit.errors import UserError
+from alignkit.options import (
     ConfigValueError,
     build_arg_parser,
     config_to_dict,
@@ -17,8 +18,7 @@ from alignkit.config import (
     parse_config,
     save_config,
 )
-from alignkit.errors import UserError
-from alignkit.train.config import TrainConfig
+from alignkit.train.train_config import TrainConfig
 
 
 @dataclass

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from alignkit.config import ConfigValueError, option
+from alignkit.options import ConfigValueError, option
 
 
 @dataclass
 class TrainConfig:
-    """Common training options (see :mod:`alignkit.config` for how they are loaded)."""
+    """Common training options (see :mod:`alignkit.options` for how they are loaded)."""
 
     # what to train on
     model: str = option("smollm2-135m-instruct", "Model name or local path to start from.")

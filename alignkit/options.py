@@ -133,7 +133,7 @@ def _type_name(tp: Any) -> str:
     )
 
 
-class _Bad(Exception):
+class _DoesNotFit(Exception):
     """Internal: a value does not fit the type."""
 
 
@@ -145,14 +145,14 @@ def _coerce(value: Any, tp: Any, from_text: bool) -> Any:
             return None
         return _coerce(value, inner, from_text)
     if value is None:
-        raise _Bad
+        raise _DoesNotFit
     origin = typing.get_origin(tp)
     if origin is Literal:
         choices = typing.get_args(tp)
         for choice in choices:
             if value == choice or (isinstance(value, str) and value == str(choice)):
                 return choice
-        raise _Bad
+        raise _DoesNotFit
     if origin in (list, Sequence, tuple):
         (arg, *_) = typing.get_args(tp) or (str,)
         if isinstance(value, str):
@@ -161,12 +161,12 @@ def _coerce(value: Any, tp: Any, from_text: bool) -> Any:
                 try:
                     value = yaml.safe_load(text)
                 except yaml.YAMLError as e:
-                    raise _Bad from e
+                    raise _DoesNotFit from e
                 from_text = False
             else:
                 value = [part.strip() for part in text.split(",") if part.strip()]
         if not isinstance(value, list | tuple):
-            raise _Bad
+            raise _DoesNotFit
         return [_coerce(v, arg, from_text) for v in value]
     if origin in (dict, Mapping) or tp is dict:
         # A nested section (e.g. `reward:` or `guard:`), checked by its own builder; on the
@@ -175,19 +175,19 @@ def _coerce(value: Any, tp: Any, from_text: bool) -> Any:
             try:
                 value = yaml.safe_load(value)
             except yaml.YAMLError as e:
-                raise _Bad from e
+                raise _DoesNotFit from e
         if not isinstance(value, Mapping):
-            raise _Bad
+            raise _DoesNotFit
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
-        raise _Bad
+        raise _DoesNotFit
     if tp is int:
         if isinstance(value, bool):
-            raise _Bad
+            raise _DoesNotFit
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -199,27 +199,27 @@ def _coerce(value: Any, tp: Any, from_text: bool) -> Any:
                 try:
                     as_float = float(value)
                 except ValueError as e:
-                    raise _Bad from e
+                    raise _DoesNotFit from e
                 if as_float.is_integer():
                     return int(as_float)
-        raise _Bad
+        raise _DoesNotFit
     if tp is float:
         if isinstance(value, bool):
-            raise _Bad
+            raise _DoesNotFit
         if isinstance(value, int | float):
             return float(value)
         if isinstance(value, str):
             try:
                 return float(value.strip())
             except ValueError as e:
-                raise _Bad from e
-        raise _Bad
+                raise _DoesNotFit from e
+        raise _DoesNotFit
     if tp is str:
         if isinstance(value, str):
             return value
         if isinstance(value, int | float) and not isinstance(value, bool):
             return str(value)
-        raise _Bad
+        raise _DoesNotFit
     raise TypeError(f"unsupported config field type {tp!r}")
 
 
@@ -350,7 +350,7 @@ def load_config(
         field, tp = fields[norm]
         try:
             coerced = _coerce(value, tp, from_text)
-        except _Bad:
+        except _DoesNotFit:
             shown = value if not isinstance(value, str) else repr(value)
             raise UserError(
                 f"{source}: {_key_label(norm, source)}: expected {_type_name(tp)}, got {shown}"

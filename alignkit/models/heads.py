@@ -24,6 +24,7 @@ from transformers import AutoModel, PreTrainedModel, PreTrainedTokenizerBase
 from alignkit.errors import UserError
 from alignkit.models.loading import load_causal_lm
 from alignkit.models.scoring import pack_batch
+from alignkit.ops.stats import last_token_index
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_CONFIG = "scalar_head.json"
@@ -142,12 +143,6 @@ class ScalarHeadModel(nn.Module):
         model = cls(backbone, head, kind=info.get("kind", "reward"))
         model.metadata = info.get("metadata", {})
         return model
-
-
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last position whose mask is 1 in each row (works for either padding side)."""
-    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
-    return (positions * attention_mask.long()).argmax(dim=1)
 
 
 def is_scalar_head_folder(name: str) -> bool:

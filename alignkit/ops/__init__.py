@@ -1,6 +1,12 @@
 """Pure tensor functions for the alignment math. Imports only torch."""
 
-from .advantages import gae, group_normalized_advantages, rloo_advantages
+from .advantages import (
+    gae,
+    group_normalized_advantages,
+    kl_penalized_rewards,
+    rloo_advantages,
+    segment_weights,
+)
 from .kl_estimators import kl_estimate, kl_k1, kl_k2, kl_k3
 from .logprobs import entropy_from_logits, sequence_logprobs, token_logprobs
 from .losses import (
@@ -10,10 +16,11 @@ from .losses import (
     ppo_policy_loss,
     ppo_value_loss,
     preference_accuracy,
+    reward_centering_penalty,
     sft_loss,
     simpo_loss,
 )
-from .stats import masked_mean, masked_sum, masked_var, masked_whiten
+from .stats import last_token_index, masked_mean, masked_sum, masked_var, masked_whiten
 
 __all__ = [
     "bradley_terry_loss",
@@ -26,6 +33,8 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_penalized_rewards",
+    "last_token_index",
     "masked_mean",
     "masked_sum",
     "masked_var",
@@ -33,7 +42,9 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "preference_accuracy",
+    "reward_centering_penalty",
     "rloo_advantages",
+    "segment_weights",
     "sequence_logprobs",
     "sft_loss",
     "simpo_loss",

@@ -1,4 +1,5 @@
-"""Advantage estimators: GAE for PPO, group baselines for GRPO and RLOO.
+"""Per-token rewards and advantage estimators: the KL-penalised reward and GAE for PPO,
+group baselines for GRPO and RLOO, and the weights that favour lagging user segments.
 
 All of them produce regression/policy-gradient targets, so they run under ``torch.no_grad()``:
 a gradient through an advantage is always a bug.
@@ -8,7 +9,42 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gae", "group_normalized_advantages", "rloo_advantages"]
+from .stats import last_token_index
+
+__all__ = [
+    "gae",
+    "group_normalized_advantages",
+    "kl_penalized_rewards",
+    "rloo_advantages",
+    "segment_weights",
+]
+
+
+@torch.no_grad()
+def kl_penalized_rewards(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """PPO-RLHF's per-token reward: the KL penalty at every response token and the
+    sequence's score at its last one (Ziegler et al. 2019, eq. 2; Ouyang et al. 2022, eq. 2):
+
+        r_t = −β·KL_t + [t = last response token]·r(x, y)
+
+    so that Σ_t r_t = r(x, y) − β·Σ_t KL_t, the objective E[r] − β·KL(π_θ ‖ π_ref).
+
+    Args:
+        scores: [B] one score per response (reward model plus shaping).
+        kl: [B, T] per-token KL estimate (see ``kl_estimators``), 0 outside the response.
+        mask: [B, T] response tokens; the score goes to each row's last one.
+        beta: β, the KL coefficient.
+
+    Returns:
+        [B, T] rewards (−β·KL_t outside the last token; whatever ``kl`` holds outside the mask,
+        times −β).
+    """
+    rewards = -beta * kl
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last_token_index(mask)] += scores.to(rewards.dtype)
+    return rewards
 
 
 @torch.no_grad()
@@ -112,3 +148,32 @@ def rloo_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     grouped = _grouped(rewards, group_size)
     baseline = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)
     return (grouped - baseline).reshape(-1)
+
+
+@torch.no_grad()
+def segment_weights(
+    scores: torch.Tensor, segments: torch.Tensor, strength: float, eps: float = 1e-6
+) -> torch.Tensor:
+    """Weights that scale advantages toward user segments whose mean score lags:
+
+        w_i = exp(−α·(r̄_{s(i)} − r̄) / σ),  normalised to mean 1 over the batch
+
+    with r̄_s the mean score of segment s, r̄ and σ the mean and (unbiased) std over all rows.
+    A segment below the mean gets w > 1, one above it w < 1; rows without a segment
+    (``segments == −1``) keep w = 1 before the normalisation. α = 0 gives all ones.
+
+    Args:
+        scores: [N] one score per response.
+        segments: [N] integer segment id of each row's prompt, −1 for none.
+        strength: α ≥ 0.
+    """
+    weights = torch.ones_like(scores)
+    if strength == 0 or bool((segments < 0).all()):
+        return weights
+    overall, spread = scores.mean(), scores.std().clamp(min=eps)
+    for segment in segments.unique().tolist():
+        if segment < 0:
+            continue
+        rows = segments == segment
+        weights[rows] = torch.exp(-strength * (scores[rows].mean() - overall) / spread)
+    return weights / weights.mean()

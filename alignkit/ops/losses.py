@@ -24,6 +24,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "preference_accuracy",
+    "reward_centering_penalty",
     "sft_loss",
     "simpo_loss",
 ]
@@ -70,6 +71,16 @@ def bradley_terry_loss(
     if margin is not None:
         diff = diff - margin
     return -F.logsigmoid(diff).mean()
+
+
+def reward_centering_penalty(
+    chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor
+) -> torch.Tensor:
+    """E[(r_w + r_l)²]: the auxiliary term that pulls the reward model's mean output toward 0
+    (Eisenstein et al. 2023, "Helping or Herding?"), so the scale PPO sees does not drift.
+    Added to the Bradley–Terry loss with a coefficient c (TRL's ``center_rewards_coefficient``).
+    """
+    return ((chosen_rewards + rejected_rewards) ** 2).mean()
 
 
 @torch.no_grad()

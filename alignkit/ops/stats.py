@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["masked_mean", "masked_sum", "masked_var", "masked_whiten"]
+__all__ = ["last_token_index", "masked_mean", "masked_sum", "masked_var", "masked_whiten"]
 
 
 def _keep(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,3 +65,10 @@ def masked_whiten(
     if not shift_mean:
         whitened = whitened + mean
     return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
+
+
+def last_token_index(mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position whose mask is 1 in each row of [B, T] (either padding side;
+    0 for an empty row)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    return (positions * mask.long()).argmax(dim=1)

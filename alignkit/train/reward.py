@@ -18,7 +18,11 @@ from transformers import PreTrainedTokenizerBase
 from alignkit.data import PreferenceCollator
 from alignkit.errors import UserError
 from alignkit.models.heads import ScalarHeadModel, load_scalar_model
-from alignkit.ops.losses import bradley_terry_loss, preference_accuracy
+from alignkit.ops.losses import (
+    bradley_terry_loss,
+    preference_accuracy,
+    reward_centering_penalty,
+)
 from alignkit.options import option
 from alignkit.train.common import evaluate_in_batches, load_train_eval, tokenize
 from alignkit.train.engine import Engine, FitResult
@@ -59,7 +63,7 @@ def reward_batch_loss(
         margin = (batch["margin"] * batch["has_margin"]).to(chosen.device)
     loss = bradley_terry_loss(chosen, rejected, margin)
     if cfg.center_rewards_coefficient > 0:
-        loss = loss + cfg.center_rewards_coefficient * ((chosen + rejected) ** 2).mean()
+        loss = loss + cfg.center_rewards_coefficient * reward_centering_penalty(chosen, rejected)
     metrics = {
         "accuracy": preference_accuracy(chosen, rejected),
         "margin": (chosen - rejected).mean().detach(),

@@ -3,7 +3,49 @@ import math
 import pytest
 import torch
 
-from alignkit.ops import gae, group_normalized_advantages, rloo_advantages
+from alignkit.ops import (
+    gae,
+    group_normalized_advantages,
+    kl_penalized_rewards,
+    rloo_advantages,
+    segment_weights,
+)
+
+# ---------------------------------------------------------------------------- per-token rewards
+
+
+def test_kl_penalized_rewards_put_the_score_on_the_last_response_token():
+    # β = 0.5; row 0 right-padded (response at 1..2), row 1 left-padded (response at 2..3).
+    kl = torch.tensor([[0.0, 0.2, 0.4, 0.0], [0.0, 0.0, 1.0, -0.2]])
+    mask = torch.tensor([[0, 1, 1, 0], [0, 0, 1, 1]])
+    scores = torch.tensor([2.0, -1.0])
+    rewards = kl_penalized_rewards(scores, kl, mask, beta=0.5)
+    expected = torch.tensor([[0.0, -0.1, -0.2 + 2.0, 0.0], [0.0, 0.0, -0.5, 0.1 - 1.0]])
+    torch.testing.assert_close(rewards, expected)
+    # Σ_t r_t = score − β·Σ_t KL_t, the objective each episode contributes
+    torch.testing.assert_close(rewards.sum(1), scores - 0.5 * kl.sum(1))
+    assert kl[0, 2] == 0.4  # the KL tensor is not written into
+
+
+# ---------------------------------------------------------------------------- user segments
+
+
+def test_segment_weights_favour_the_lagging_segment():
+    scores = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    segments = torch.tensor([0, 0, 1, 1])
+    weights = segment_weights(scores, segments, strength=1.0)
+    assert weights[2] > weights[0] and torch.isclose(weights.mean(), torch.tensor(1.0))
+    assert torch.equal(segment_weights(scores, segments, 0.0), torch.ones(4))
+
+
+def test_segment_weights_hand_computed_with_rows_outside_any_segment():
+    # r̄ = 0.5, σ = std([1, 0, 0.5]) = 0.5; segment 0 (r̄_0 = 1): exp(−1); segment 1: exp(1).
+    scores = torch.tensor([1.0, 0.0, 0.5])
+    weights = segment_weights(scores, torch.tensor([0, 1, -1]), strength=1.0)
+    raw = torch.tensor([math.exp(-1.0), math.exp(1.0), 1.0])
+    torch.testing.assert_close(weights, raw / raw.mean())
+    assert torch.equal(segment_weights(scores, torch.tensor([-1, -1, -1]), 1.0), torch.ones(3))
+
 
 # ---------------------------------------------------------------------------- GAE
 

@@ -15,6 +15,7 @@ from alignkit.ops import (
     ppo_policy_loss,
     ppo_value_loss,
     preference_accuracy,
+    reward_centering_penalty,
     sequence_logprobs,
     sft_loss,
     simpo_loss,
@@ -91,6 +92,30 @@ def test_bradley_terry_matches_trl_reward_trainer():
     assert math.isclose(
         fake._metrics["train"]["accuracy"][-1], preference_accuracy(chosen, rejected).item()
     )
+
+
+def test_reward_centering_penalty_hand_computed_and_matches_trl():
+    chosen, rejected = torch.tensor([1.0, 0.5]), torch.tensor([-0.5, 0.5])
+    torch.testing.assert_close(
+        reward_centering_penalty(chosen, rejected), torch.tensor((0.25 + 1.0) / 2)
+    )
+    pytest.importorskip("trl")
+    from trl.trainer.reward_trainer import RewardTrainer
+
+    chosen, rejected = torch.randn(2, 8)
+    fake = SimpleNamespace(
+        model=SimpleNamespace(training=True),
+        args=SimpleNamespace(center_rewards_coefficient=0.3),
+        accelerator=SimpleNamespace(gather_for_metrics=lambda x: x, gather=lambda x: x),
+        _total_train_tokens=0,
+        _tp_size=1,
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+    )
+    rewards = torch.cat([chosen, rejected]).unsqueeze(-1)
+    inputs = {"attention_mask": torch.ones(16, 4, dtype=torch.long)}
+    trl_loss = RewardTrainer.compute_loss(fake, lambda **_: SimpleNamespace(logits=rewards), inputs)
+    ours = bradley_terry_loss(chosen, rejected) + 0.3 * reward_centering_penalty(chosen, rejected)
+    torch.testing.assert_close(ours, trl_loss, atol=1e-5, rtol=1e-5)
 
 
 # ============================================================================ DPO family

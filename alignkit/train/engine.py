@@ -168,6 +168,30 @@ def enable_gradient_checkpointing(model: nn.Module) -> int:
     return switched
 
 
+def prepare_for_training(
+    model: nn.Module, cfg: TrainConfig, accelerator: Accelerator
+) -> list[nn.Embedding]:
+    """The memory switches a config turns on before the optimizer sees the model:
+
+    - ``gradient_checkpointing``: each decoder layer recomputed in the backward pass
+      (:func:`enable_gradient_checkpointing`);
+    - ``keep_host_memory`` (CPU only): memory freed during a step stays with the process for
+      the next one instead of being returned to the kernel and page-faulted back in
+      (a process-wide glibc setting, :func:`keep_freed_host_memory`);
+    - ``sparse_embedding_grads`` (one process only: DDP all-reduces dense gradients): the
+      input embedding's gradient as the rows a batch used.
+
+    Returns the embeddings switched to sparse gradients, for :meth:`Engine.close` to switch
+    back."""
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if cfg.keep_host_memory and accelerator.device.type == "cpu":
+        keep_freed_host_memory()
+    if cfg.sparse_embedding_grads and accelerator.num_processes == 1:
+        return use_sparse_embedding_grads(model)
+    return []
+
+
 class Engine:
     """Owns the accelerator, the (prepared) model, optimizer, scheduler, run folder, checkpoints.
 
@@ -216,13 +240,7 @@ class Engine:
         )
         self._save_model = save_model or default_save_model
         self._load_model = load_model or default_load_model
-        if cfg.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        if cfg.keep_host_memory and self.accelerator.device.type == "cpu":
-            keep_freed_host_memory()
-        self._sparse_embeddings: list[nn.Embedding] = []
-        if cfg.sparse_embedding_grads and self.accelerator.num_processes == 1:
-            self._sparse_embeddings = use_sparse_embedding_grads(model)
+        self._sparse_embeddings = prepare_for_training(model, cfg, self.accelerator)
         optimizer = optimizer or build_optimizer(model, cfg)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -259,6 +277,22 @@ class Engine:
         inner = getattr(self.optimizer, "optimizer", self.optimizer)
         self.scheduler = build_scheduler(inner, self.cfg, total_steps)
         self._last_lr = self.lr
+
+    def scale_peak_learning_rates(self, scale: float) -> None:
+        """Set every parameter group's peak learning rate to its configured one × ``scale``
+        (a guard rollback lowers it); the schedule's shape stays, and the next update uses
+        the scaled rate. Call after :meth:`set_total_steps`.
+
+        The scheduler is a ``LambdaLR``: lr_t = base_lr · λ(t), where ``initial_lr`` is each
+        group's configured peak (PPO's critic has its own)."""
+        if self.scheduler is None:
+            raise RuntimeError("call set_total_steps() before scale_peak_learning_rates()")
+        scheduler, groups = self.scheduler, self.optimizer.param_groups
+        scheduler.base_lrs = [group["initial_lr"] * scale for group in groups]
+        for group, base, lr_lambda in zip(
+            groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * lr_lambda(scheduler.last_epoch)
 
     def register_state(self, name: str, obj: Stateful) -> None:
         """Save ``obj.state_dict()`` in every checkpoint (``extra/<name>.pt``) and restore it on resume.

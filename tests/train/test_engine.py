@@ -57,6 +57,31 @@ def test_warmup_then_decay(kind):
     assert 0.4 < mid < 0.6
 
 
+def test_scale_peak_learning_rates_keeps_the_schedule_and_each_groups_own_peak(tmp_path):
+    """Two groups (one with its own peak, like PPO's critic), linear decay: scaling sets each
+    group's peak to its configured one × the scale, now and for the rest of the schedule;
+    a second call is relative to the configured peak, not to the first call's."""
+    model = tiny_model()
+    cfg = make_config(
+        tmp_path, lr_scheduler="linear", warmup_steps=0, warmup_ratio=0.0, learning_rate=1e-3
+    )
+    head = model.lm_head
+    optimizer = build_optimizer(model, cfg, module_lrs={head: 4e-3})
+    engine = Engine(cfg, model, optimizer=optimizer)
+    engine.set_total_steps(10)
+    engine.scheduler.step()
+    engine.scheduler.step()  # two updates done: λ = 0.8
+    engine.scale_peak_learning_rates(0.5)
+    rates = sorted({group["lr"] for group in engine.optimizer.param_groups})
+    assert rates == pytest.approx([0.5e-3 * 0.8, 2e-3 * 0.8])
+    engine.scheduler.step()  # λ = 0.7, on the scaled peaks
+    rates = sorted({group["lr"] for group in engine.optimizer.param_groups})
+    assert rates == pytest.approx([0.5e-3 * 0.7, 2e-3 * 0.7])
+    engine.scale_peak_learning_rates(0.25)
+    assert sorted(set(engine.scheduler.base_lrs)) == pytest.approx([0.25e-3, 1e-3])
+    engine.close()
+
+
 def test_constant_and_scheduler_object():
     assert [lr_multiplier(s, warmup=2, total=10, kind="constant") for s in (2, 5, 9)] == [1, 1, 1]
     cfg = TrainConfig(learning_rate=0.1, warmup_steps=0, warmup_ratio=0.2, lr_scheduler="linear")

@@ -1,6 +1,6 @@
 """The guard: runs the detectors every step and tells the trainer what to do about them.
 
-Policies (seeds Q5, "checkpointing and rollback"):
+Policies (the seeds' answer to instability is "checkpointing and rollback"):
 
 * ``warn``: record the events, carry on;
 * ``stop``: stop the run at the first triggering event;
@@ -12,14 +12,16 @@ Events of severity ≥ ``min_severity`` trigger the policy; others are only reco
 
 The trainer's side of the contract::
 
-    decision = guard.observe(step, metrics)        # every step, after logging metrics
+    decision = guard.observe(step, metrics)        # every iteration, after logging metrics
     write decision.events to events.jsonl
     if decision.action == "stop": save, stop
     if decision.action == "rollback":
+        beta_before = kl_controller.value
         restore the checkpoint of step decision.rollback_to (model, optimizer, KL
         controller — NOT the guard: it keeps its rollback count and has rewound its own
-        detectors), then kl_controller.scale(decision.beta_factor) and scale the learning
-        rate by decision.lr_factor
+        detectors)
+        kl_controller.value = decision.beta_after_rollback(beta_before, kl_controller.value)
+        engine.scale_peak_learning_rates(decision.lr_scale)
     after saving a checkpoint at step s: guard.mark_good(s)
     guard.state_dict() goes into every checkpoint, for resuming after a crash
 """
@@ -41,22 +43,25 @@ Action = Literal["continue", "stop", "rollback"]
 
 @dataclass
 class GuardDecision:
-    """What the trainer does after a step. Factors multiply the current β / learning rate."""
+    """What the trainer does after a step.
+
+    On a rollback, ``beta_factor`` multiplies β (see :meth:`beta_after_rollback`) and
+    ``lr_scale`` is the factor on the *configured* peak learning rate: the product of
+    ``rollback_lr_factor`` over every rollback so far, so it does not depend on which
+    checkpoint's schedule was restored."""
 
     action: Action = "continue"
     events: list[GuardEvent] = field(default_factory=list)
     reason: str = ""
     rollback_to: int | None = None
     beta_factor: float = 1.0
-    lr_factor: float = 1.0
+    lr_scale: float = 1.0
 
-    @property
-    def should_stop(self) -> bool:
-        return self.action == "stop"
-
-    @property
-    def should_rollback(self) -> bool:
-        return self.action == "rollback"
+    def beta_after_rollback(self, beta_before: float, beta_restored: float) -> float:
+        """β to continue with: the larger of the β the run had reached and the restored
+        checkpoint's, × ``beta_factor`` (an adaptive β that rose while the policy drifted
+        keeps that rise; a rollback never loosens the leash)."""
+        return max(beta_before, beta_restored) * self.beta_factor
 
 
 class Guard:
@@ -100,8 +105,7 @@ class Guard:
         self.events: list[GuardEvent] = []  # everything seen by this process, for reports
         self.rollbacks = 0
         self.last_good_step: int | None = None
-        self.beta_scale = 1.0  # product of the β factors asked for so far
-        self.lr_scale = 1.0
+        self.lr_scale = 1.0  # product of the learning-rate factors of the rollbacks so far
         self._last_trigger_step: int | None = None
         self._good_detector_states: dict[str, Any] | None = None
 
@@ -130,7 +134,6 @@ class Guard:
 
     def _rollback(self, events: list[GuardEvent], reason: str) -> GuardDecision:
         self.rollbacks += 1
-        self.beta_scale *= self.rollback_beta_factor
         self.lr_scale *= self.rollback_lr_factor
         self._restore_detectors(self._good_detector_states)
         for detector in self.detectors:
@@ -142,7 +145,7 @@ class Guard:
             reason,
             rollback_to=self.last_good_step,
             beta_factor=self.rollback_beta_factor,
-            lr_factor=self.rollback_lr_factor,
+            lr_scale=self.lr_scale,
         )
 
     def mark_good(self, step: int) -> bool:
@@ -170,7 +173,6 @@ class Guard:
             "detectors": self._detector_states(),
             "rollbacks": self.rollbacks,
             "last_good_step": self.last_good_step,
-            "beta_scale": self.beta_scale,
             "lr_scale": self.lr_scale,
             "last_trigger_step": self._last_trigger_step,
             "good_detector_states": copy.deepcopy(self._good_detector_states),
@@ -180,7 +182,6 @@ class Guard:
         self._restore_detectors(state["detectors"])
         self.rollbacks = int(state["rollbacks"])
         self.last_good_step = state["last_good_step"]
-        self.beta_scale = float(state["beta_scale"])
         self.lr_scale = float(state["lr_scale"])
         self._last_trigger_step = state["last_trigger_step"]
         self._good_detector_states = copy.deepcopy(state["good_detector_states"])

@@ -24,10 +24,6 @@ class FixedKLController:
     def update(self, current_kl: float, n_steps: int) -> float:
         return self.value
 
-    def scale(self, factor: float) -> None:
-        """Multiply β (a guard rollback asks for a tighter leash)."""
-        self.value *= factor
-
     def state_dict(self) -> dict[str, Any]:
         return {"value": self.value}
 

@@ -33,14 +33,14 @@ def test_warn_records_and_continues():
 
 def test_stop_policy_stops_at_the_first_event():
     guard = kl_guard("stop")
-    assert not guard.observe(0, LOW_KL).should_stop
+    assert guard.observe(0, LOW_KL).action == "continue"
     decision = guard.observe(1, HIGH_KL)
-    assert decision.should_stop and "objective/kl" in decision.reason
+    assert decision.action == "stop" and "objective/kl" in decision.reason
 
 
 def test_rollback_needs_a_good_checkpoint():
     decision = kl_guard("rollback").observe(3, HIGH_KL)
-    assert decision.should_stop and "no good checkpoint" in decision.reason
+    assert decision.action == "stop" and "no good checkpoint" in decision.reason
 
 
 def test_rollback_adjusts_and_is_capped():
@@ -49,13 +49,17 @@ def test_rollback_adjusts_and_is_capped():
     assert guard.mark_good(10)
     for expected in (1, 2):
         decision = guard.observe(11, HIGH_KL)
-        assert decision.should_rollback
+        assert decision.action == "rollback"
         assert decision.rollback_to == 10
-        assert (decision.beta_factor, decision.lr_factor) == (1.5, 0.1)
+        # β: × 1.5 per rollback on the larger of the reached and the restored β;
+        # learning rate: the configured peak × 0.1 per rollback so far
+        assert decision.beta_factor == 1.5
+        assert decision.beta_after_rollback(0.2, 0.1) == pytest.approx(0.3)
+        assert decision.lr_scale == pytest.approx(0.1**expected)
         assert guard.rollbacks == expected
-    assert guard.beta_scale == pytest.approx(2.25) and guard.lr_scale == pytest.approx(0.01)
+    assert guard.lr_scale == pytest.approx(0.01)
     decision = guard.observe(11, HIGH_KL)
-    assert decision.should_stop and "rollback limit 2" in decision.reason
+    assert decision.action == "stop" and "rollback limit 2" in decision.reason
 
 
 def test_min_severity_filters_what_acts():
@@ -83,7 +87,7 @@ def test_rollback_rewinds_the_detectors_to_the_good_step():
     guard.mark_good(3)
     guard.observe(4, {"r": 1.05})
     decision = guard.observe(5, {"r": 99.0})
-    assert decision.should_rollback and decision.rollback_to == 3
+    assert decision.action == "rollback" and decision.rollback_to == 3
     assert list(spike.history) == [1.0, 1.1, 0.9, 1.0]  # as it was at step 3
     assert guard.mark_good(4)  # the abandoned step-5 event no longer blocks replayed steps
 
@@ -114,16 +118,16 @@ def test_planted_length_hack_is_caught_and_rolled_back(hacked, make_hack_stream)
     while step < len(stream):
         decision = guard.observe(step, stream[step])
         decisions.append(decision)
-        if decision.should_rollback:
-            kl.scale(decision.beta_factor)
+        if decision.action == "rollback":
+            kl.value = decision.beta_after_rollback(kl.value, kl.value)
             step = decision.rollback_to + 1
             stream = make_hack_stream(stop=decision.rollback_to, seed=1)
             continue
-        assert not decision.should_stop
+        assert decision.action != "stop"
         if step % 10 == 0:
             guard.mark_good(step)
         step += 1
-    rollbacks = [d for d in decisions if d.should_rollback]
+    rollbacks = [d for d in decisions if d.action == "rollback"]
     assert len(rollbacks) == 1
     first = rollbacks[0]
     assert "proxy_gold_divergence" in {e.detector for e in first.events}
@@ -139,9 +143,9 @@ def test_hack_stream_alone_keeps_rolling_back_then_stops(hacked):
         decision = guard.observe(step, hacked[step])
         if decision.action != "continue":
             actions.append(decision.action)
-        if decision.should_stop:
+        if decision.action == "stop":
             break
-        if decision.should_rollback:
+        if decision.action == "rollback":
             step = decision.rollback_to + 1
             continue
         if step % 10 == 0:

@@ -8,8 +8,6 @@ def test_fixed_controller_never_moves():
     ctl = FixedKLController(0.1)
     assert ctl.update(100.0, 256) == 0.1
     assert ctl.value == 0.1
-    ctl.scale(2.0)
-    assert ctl.value == 0.2
 
 
 def test_adaptive_exact_formula_on_a_hand_case():

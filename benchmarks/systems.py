@@ -466,7 +466,7 @@ def prompt_digest(rows: list[list[int]]) -> str:
 
 def grpo_prompt_order(n: int, settings: Settings) -> list[int]:
     """Indices of the rows alignkit's GRPO loop draws, step after step (its PromptStream)."""
-    from alignkit.train.online import PromptStream
+    from alignkit.train.sampler import PromptStream
 
     stream = PromptStream(list(range(n)), settings.grpo_prompts, settings.seed)
     return [i for step in range(settings.total_steps) for i in stream.batch(step)]
@@ -528,20 +528,22 @@ def run_alignkit_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str,
         clip_eps_high=None,
         num_iterations=1,
         num_minibatches=1,
-        group_weighting=0.0,
+        segment_weighting=0.0,
         reward={"reward_functions": [REWARD_SPEC]},
         missing_eos_penalty=None,
         guard={"detectors": {}},  # no run guard (TRL has none): no events inside the loop
         rollouts_every=0,
     )
-    trainer = GRPOTrainer(cfg)
-    original_sample = trainer.sample
+    import alignkit.train.grpo as grpo_module
 
-    def counting_sample(prompts, iteration):
+    trainer = GRPOTrainer(cfg)
+    original_sample = grpo_module.sample_responses
+
+    def counting_sample(*args, **kwargs):
         if probe.train_begin is None:
             probe.train_begin = time.perf_counter()
             probe.threads_in_loop = torch.get_num_threads()
-        rollout, sequences = original_sample(prompts, iteration)
+        rollout, sequences = original_sample(*args, **kwargs)
         rows = [
             ids[mask.bool()].tolist()
             for ids, mask in zip(rollout.prompt_ids, rollout.prompt_mask, strict=True)
@@ -554,9 +556,12 @@ def run_alignkit_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str,
         probe.micro_unique_tokens.append(unique_prompts + probe.micro_generated[-1])
         return rollout, sequences
 
-    trainer.sample = counting_sample
     n_params = count_matmul_params(trainer.policy, lm_head=True)
-    trainer.train()
+    grpo_module.sample_responses = counting_sample  # the trainer's step 1 goes through it
+    try:
+        trainer.train()
+    finally:
+        grpo_module.sample_responses = original_sample
     return probe.record(
         workload="grpo", system="alignkit", settings=settings, n_params=n_params, **extra
     )

@@ -1,14 +1,17 @@
 """PPO for RLHF with its four models: policy, critic, frozen reference, frozen reward.
 
-Per iteration (Ouyang et al. 2022; Ziegler et al. 2019; Huang et al. 2024, "The N+
-implementation details of RLHF with PPO"):
+One iteration, as :meth:`PPOTrainer.iteration` reads (Ouyang et al. 2022; Ziegler et al.
+2019; Huang et al. 2024, "The N+ implementation details of RLHF with PPO"):
 
 1. the policy samples a response to each prompt;
 2. the reward model (plus shaping) scores it: one number per response;
-3. per-token rewards are r_t = −β·KL_t, with the score added at the last response token;
-4. the critic's values V(s_t) and GAE(γ, λ) give advantages (whitened) and returns;
+3. the policy's log-probs (π_old), the critic's values and the reference's log-probs give
+   the per-token KL;
+4. per-token rewards r_t = −β·KL_t with the score added at the last response token, and
+   GAE(γ, λ) over the critic's values gives advantages (whitened) and returns;
 5. K epochs over minibatches: the clipped policy loss, the clipped value loss, an optional
-   entropy bonus and an optional PPO-ptx term (SFT loss on demonstration data).
+   entropy bonus and an optional PPO-ptx term (SFT loss on demonstration data);
+6. metrics and a few rollouts; then the loop's β update, log, guard and checkpoint.
 
 The policy and the critic train together, as one module with one optimizer, so the engine
 checkpoints both and a resumed run continues exactly.
@@ -18,21 +21,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from alignkit.data import PromptExample, SFTCollator, load_dataset_records, tokenize_records
-from alignkit.models.heads import ScalarHeadModel, last_token_index, load_scalar_model
+from alignkit.models.heads import ScalarHeadModel, load_scalar_model
+from alignkit.models.reference import ReferencePolicy
 from alignkit.models.scoring import labelled_token_logprobs_and_entropy
-from alignkit.ops.advantages import gae
+from alignkit.ops.advantages import gae, kl_penalized_rewards
+from alignkit.ops.kl_estimators import kl_estimate
 from alignkit.ops.losses import ppo_policy_loss, ppo_value_loss
 from alignkit.ops.stats import masked_mean, masked_whiten
 from alignkit.options import ConfigValueError, option
+from alignkit.rollout.sequences import Sequences
 from alignkit.train.checkpoint import default_load_model, default_save_model
-from alignkit.train.common import dataset_path
-from alignkit.train.online import OnlineConfig, OnlineTrainer, Sequences, minibatches
+from alignkit.train.common import dataset_path, policy_and_tokenizer
+from alignkit.train.engine import Engine, mean_dicts
+from alignkit.train.online_config import OnlineConfig
+from alignkit.train.online_loop import OnlineLoop, OnlineResult
+from alignkit.train.online_steps import (
+    ScoredResponses,
+    build_online_parts,
+    reference_logps,
+    sample_responses,
+)
+from alignkit.train.optim import build_optimizer
+from alignkit.train.rollout_log import append_rollouts, token_rows
+from alignkit.train.sampler import minibatch_indices
 
 CRITIC_DIR = "critic"
 
@@ -91,9 +109,13 @@ class PolicyAndCritic(nn.Module):
         with_entropy: bool = False,
     ) -> dict[str, torch.Tensor | None]:
         logps, mask, entropy = labelled_token_logprobs_and_entropy(
-            self.policy, input_ids, attention_mask, labels,
-            temperature=temperature, with_entropy=with_entropy,
-        )  # fmt: skip
+            self.policy,
+            input_ids,
+            attention_mask,
+            labels,
+            temperature=temperature,
+            with_entropy=with_entropy,
+        )
         values = None
         if with_values:
             # V(s_t) for the state that predicts token t+1: the same shift as the logits.
@@ -103,22 +125,46 @@ class PolicyAndCritic(nn.Module):
 
 @dataclass
 class PPOExperience:
+    """One iteration's rollouts as the update needs them (all [B, T-1] but the sequences)."""
+
     sequences: Sequences
-    old_logps: torch.Tensor  # [B, T-1]
-    old_values: torch.Tensor  # [B, T-1]
-    advantages: torch.Tensor  # [B, T-1]
-    returns: torch.Tensor  # [B, T-1]
+    old_logps: torch.Tensor  # log π_old of each response token
+    old_values: torch.Tensor  # V(s_t) at rollout time
+    advantages: torch.Tensor  # whitened GAE, 0 outside the response
+    returns: torch.Tensor  # the value targets
 
 
-class PPOTrainer(OnlineTrainer):
-    """`PPOTrainer(PPOConfig(...)).train()`."""
+def save_policy_and_critic(tokenizer: PreTrainedTokenizerBase):
+    """Checkpoint hook: the policy (with its tokenizer) and the critic in `critic/`."""
 
-    command = "ppo"
+    def save(module: PolicyAndCritic, directory: Path) -> None:
+        default_save_model(module.policy, directory)
+        tokenizer.save_pretrained(directory)
+        module.critic.save_pretrained(directory / CRITIC_DIR)
+
+    return save
+
+
+def load_policy_and_critic(module: PolicyAndCritic, directory: Path) -> None:
+    default_load_model(module.policy, directory)
+    module.critic.load_weights(directory / CRITIC_DIR)
+
+
+class PPOTrainer:
+    """`PPOTrainer(PPOConfig(...)).train()`.
+
+    The critic starts from `critic_model`, else the reward model (its backbone, a fresh
+    value head), else the policy's model with a fresh value head."""
 
     def __init__(
-        self, config: PPOConfig, model: nn.Module | None = None, tokenizer=None, critic=None
+        self,
+        config: PPOConfig,
+        model: nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        critic: ScalarHeadModel | None = None,
     ):
-        super().__init__(config, model, tokenizer)
+        self.cfg = config
+        self.policy, self.tokenizer = policy_and_tokenizer(config, model, tokenizer)
         if critic is None:
             source = config.critic_model or config.reward_model or config.model
             critic, _ = load_scalar_model(
@@ -126,6 +172,7 @@ class PPOTrainer(OnlineTrainer):
             )
         critic.kind = "value"
         self.critic = critic
+        self.scorer, self.kl_controller, self.guard = build_online_parts(config, self.tokenizer)
         self.ptx_features = None
         if config.ptx_coef > 0:
             records = load_dataset_records(dataset_path(config.ptx_dataset, "sft"), "sft")
@@ -134,101 +181,128 @@ class PPOTrainer(OnlineTrainer):
             )
             self.ptx_collator = SFTCollator(self.tokenizer.pad_token_id)
 
-    def trainable_module(self) -> nn.Module:
-        return PolicyAndCritic(self.policy, self.critic)
-
-    def learning_rates(self, module: nn.Module) -> dict[nn.Module, float]:
-        rate = self.cfg.critic_learning_rate
-        return {} if rate is None else {module.critic: rate}
-
-    def policy_module(self) -> nn.Module:
-        return self.engine.unwrapped_model.policy
-
-    def updates_per_iteration(self) -> int:
+    def train(self) -> OnlineResult:
         cfg = self.cfg
-        return cfg.ppo_epochs * cfg.num_minibatches // cfg.gradient_accumulation_steps
-
-    def save_hooks(self) -> dict[str, Any]:
-        tokenizer = self.tokenizer
-
-        def save(module: PolicyAndCritic, directory: Path) -> None:
-            default_save_model(module.policy, directory)
-            tokenizer.save_pretrained(directory)
-            module.critic.save_pretrained(directory / CRITIC_DIR)
-
-        def load(module: PolicyAndCritic, directory: Path) -> None:
-            default_load_model(module.policy, directory)
-            module.critic.load_weights(directory / CRITIC_DIR)
-
-        return {"save_model": save, "load_model": load}
-
-    @torch.no_grad()
-    def make_experience(self, prompts: list[PromptExample], iteration: int):
-        cfg = self.cfg
-        rollout, seq = self.sample(prompts, iteration)
-        output, scores, metrics = self.score(prompts, rollout.texts, seq)
-        out = self.engine.unwrapped_model(
-            seq.input_ids, seq.attention_mask, seq.labels,
-            temperature=cfg.temperature, with_entropy=True,
-        )  # fmt: skip
-        logps, mask, values = out["logps"], out["mask"], out["values"]
-        ref_logps = self.reference_logps(seq)
-        kl = self.kl_terms(logps, ref_logps, mask)
-        beta = self.kl_controller.value
-        rewards = -beta * kl
-        last = last_token_index(mask)
-        rewards[torch.arange(rewards.shape[0]), last] += scores
-        advantages, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
-        metrics.update(
-            {
-                "objective/kl": float(kl.sum(1).mean()),
-                "objective/entropy": float(masked_mean(out["entropy"], mask)),
-                "objective/non_score_reward": float((-beta * kl).sum(1).mean()),
-                "objective/rlhf_reward": float((scores - beta * kl.sum(1)).mean()),
-                "val/mean": float(masked_mean(values, mask)),
-                "val/returns": float(masked_mean(returns, mask)),
-            }
+        module = PolicyAndCritic(self.policy, self.critic)
+        critic_rate = cfg.critic_learning_rate
+        optimizer = build_optimizer(
+            module, cfg, module_lrs=None if critic_rate is None else {module.critic: critic_rate}
         )
-        if cfg.rollouts_every and iteration % cfg.rollouts_every == 0:
-            self.log_rollouts(
-                iteration,
-                prompts,
-                rollout.texts,
-                seq,
-                output,
-                logps,
-                ref_logps,
-                kl,
-                values,
-                advantages,
-            )
-        experience = PPOExperience(seq, logps, values, advantages * mask, returns)
-        return experience, metrics
+        self.engine = Engine(
+            cfg,
+            module,
+            optimizer=optimizer,
+            save_model=save_policy_and_critic(self.tokenizer),
+            load_model=load_policy_and_critic,
+        )
+        policy = self.engine.unwrapped_model.policy
+        self.reference = ReferencePolicy(policy)
+        self.loop = OnlineLoop(
+            cfg,
+            self.engine,
+            policy=policy,
+            tokenizer=self.tokenizer,
+            scorer=self.scorer,
+            kl_controller=self.kl_controller,
+            guard=self.guard,
+            updates_per_iteration=cfg.ppo_epochs
+            * cfg.num_minibatches
+            // cfg.gradient_accumulation_steps,
+            command="ppo",
+        )
+        with self.loop as loop:
+            while loop.running():
+                loop.end_iteration(self.iteration(loop.prompts(), loop.iteration))
+        return self.loop.finish()
 
-    def update(self, experience: PPOExperience, iteration: int) -> list[dict[str, float]]:
+    def iteration(self, prompts: list[PromptExample], iteration: int) -> dict[str, float]:
+        """Steps 1–6 of one PPO iteration; returns its metrics."""
+        cfg, engine = self.cfg, self.engine
+        model = engine.unwrapped_model
+        beta = self.kl_controller.value
+        with torch.no_grad():
+            # 1. Sample a response to each prompt from the current policy.
+            rollout, seq = sample_responses(
+                model.policy,
+                self.tokenizer,
+                prompts,
+                cfg,
+                seed=self.loop.sampling_seed(),
+                device=engine.device,
+            )
+            # 2. Score each response: reward model and shaping terms, one number each.
+            scored = self.scorer(prompts, rollout.texts, seq, device=engine.device)
+            # 3. π_old's log-probs and the critic's values, π_ref's log-probs, the
+            #    per-token KL (cfg.kl_estimator: k1 by default, the naive log-ratio).
+            out = model(
+                seq.input_ids,
+                seq.attention_mask,
+                seq.labels,
+                temperature=cfg.temperature,
+                with_entropy=True,
+            )
+            logps, mask, values = out["logps"], out["mask"], out["values"]
+            ref_logps = reference_logps(self.reference, seq, cfg.temperature)
+            kl = kl_estimate(logps, ref_logps, cfg.kl_estimator) * mask
+            # 4. r_t = −β·KL_t, plus the score at the last token; GAE advantages, returns.
+            rewards = kl_penalized_rewards(scored.scores, kl, mask, beta)
+            advantages, returns = gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
+            advantages = advantages * mask
+        # 5. K epochs of clipped policy and value updates over minibatches.
+        experience = PPOExperience(seq, logps, values, advantages, returns)
+        update_metrics = self.update(experience, iteration)
+        # 6. What this iteration measured; a few rollouts token by token.
+        metrics = scored.metrics | {
+            "objective/kl": float(kl.sum(1).mean()),
+            "objective/entropy": float(masked_mean(out["entropy"], mask)),
+            "objective/non_score_reward": float((-beta * kl).sum(1).mean()),
+            "objective/rlhf_reward": float((scored.scores - beta * kl.sum(1)).mean()),
+            "val/mean": float(masked_mean(values, mask)),
+            "val/returns": float(masked_mean(returns, mask)),
+        }
+        if cfg.rollouts_every and iteration % cfg.rollouts_every == 0 and engine.is_main:
+            self.log_rollouts(iteration, prompts, rollout.texts, scored, experience, ref_logps, kl)
+        return metrics | update_metrics
+
+    def update(self, experience: PPOExperience, iteration: int) -> dict[str, float]:
+        """K epochs over minibatches of the experience, one optimizer step per
+        `gradient_accumulation_steps` minibatches; returns the mean metrics of the steps."""
         cfg, engine = self.cfg, self.engine
         records = []
-        for rows in minibatches(
-            experience.old_logps.shape[0], cfg.num_minibatches, cfg.ppo_epochs,
-            seed=cfg.seed, iteration=iteration, device=experience.old_logps.device,
-        ):  # fmt: skip
+        for rows in minibatch_indices(
+            experience.old_logps.shape[0],
+            cfg.num_minibatches,
+            cfg.ppo_epochs,
+            seed=cfg.seed,
+            iteration=iteration,
+            device=experience.old_logps.device,
+        ):
             seq = experience.sequences.select(rows)
             with engine.accumulate():
                 out = engine.model(
-                    seq.input_ids, seq.attention_mask, seq.labels,
-                    temperature=cfg.temperature, with_entropy=cfg.entropy_coef > 0,
-                )  # fmt: skip
+                    seq.input_ids,
+                    seq.attention_mask,
+                    seq.labels,
+                    temperature=cfg.temperature,
+                    with_entropy=cfg.entropy_coef > 0,
+                )
                 mask = out["mask"]
                 pg_loss, pg = ppo_policy_loss(
-                    out["logps"], experience.old_logps[rows], experience.advantages[rows],
-                    mask, cfg.clip_eps,
-                )  # fmt: skip
+                    out["logps"],
+                    experience.old_logps[rows],
+                    experience.advantages[rows],
+                    mask,
+                    cfg.clip_eps,
+                )
                 vf_loss, vf = ppo_value_loss(
-                    out["values"], experience.old_values[rows], experience.returns[rows],
-                    mask, cfg.value_clip,
-                )  # fmt: skip
+                    out["values"],
+                    experience.old_values[rows],
+                    experience.returns[rows],
+                    mask,
+                    cfg.value_clip,
+                )
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 stats = {
                     "policy/loss": pg_loss.detach(),
@@ -248,7 +322,7 @@ class PPOTrainer(OnlineTrainer):
                 result = engine.backward_and_step(loss, stats)
             if result.stepped and not result.skipped:
                 records.append(result.metrics)
-        return records
+        return mean_dicts(records)
 
     def ptx_loss(self, step: int) -> torch.Tensor:
         """SFT cross-entropy on the next PPO-ptx batch (cycled in order)."""
@@ -262,32 +336,38 @@ class PPOTrainer(OnlineTrainer):
         return -masked_mean(out["logps"], out["mask"])
 
     def log_rollouts(
-        self, iteration, prompts, texts, seq, output, logps, ref_logps, kl, values, advantages
-    ):
-        records = []
-        for i in range(min(self.cfg.rollouts_per_log, len(texts))):
-            mask_row = seq.labels[i, 1:] != -100
-            positions = mask_row.nonzero().squeeze(1).tolist()
-            token_ids = seq.labels[i, 1:][positions].tolist()
-            records.append(
-                {
-                    "iteration": iteration,
-                    "prompt": prompts[i].prompt,
-                    "user_group": prompts[i].group,
-                    "response": texts[i],
-                    "score": float(output.scores[i]),
-                    "score_parts": {k: float(v[i]) for k, v in output.parts.items()},
-                    "tokens": [
-                        {
-                            "token": text,
-                            "logp": float(logps[i, p]),
-                            "ref_logp": float(ref_logps[i, p]),
-                            "kl": float(kl[i, p]),
-                            "value": float(values[i, p]),
-                            "advantage": float(advantages[i, p]),
-                        }
-                        for text, p in zip(self.token_texts(token_ids), positions, strict=True)
-                    ],
-                }
-            )
-        self.write_rollouts(records)
+        self,
+        iteration: int,
+        prompts: list[PromptExample],
+        texts: list[str],
+        scored: ScoredResponses,
+        experience: PPOExperience,
+        ref_logps: torch.Tensor,
+        kl: torch.Tensor,
+    ) -> None:
+        """The first `rollouts_per_log` samples, token by token: log-probs, KL, value and
+        advantage at each response token."""
+        seq, output = experience.sequences, scored.output
+        mask = seq.labels[:, 1:] != -100
+        records = [
+            {
+                "iteration": iteration,
+                "prompt": prompts[i].prompt,
+                "user_group": prompts[i].group,
+                "response": texts[i],
+                "score": float(output.scores[i]),
+                "score_parts": {k: float(v[i]) for k, v in output.parts.items()},
+                "tokens": token_rows(
+                    self.tokenizer,
+                    seq.labels[i],
+                    mask[i],
+                    logp=experience.old_logps[i],
+                    ref_logp=ref_logps[i],
+                    kl=kl[i],
+                    value=experience.old_values[i],
+                    advantage=experience.advantages[i],
+                ),
+            }
+            for i in range(min(self.cfg.rollouts_per_log, len(texts)))
+        ]
+        append_rollouts(self.cfg.output_dir, records)

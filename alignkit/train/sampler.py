@@ -1,4 +1,6 @@
-"""``EpochBatchSampler``: data order that depends only on (seed, epoch), sharded over processes.
+"""Data order that depends only on (seed, epoch), sharded over processes: ``EpochBatchSampler``
+for the offline trainers, ``PromptStream`` for the online ones' prompts, and
+``minibatch_indices`` for the minibatches of an online iteration's experience.
 
 Each epoch is a permutation of the dataset drawn from a generator seeded with
 ``seed * 1_000_003 + epoch``. The permutation is cut into *global* micro-batches of
@@ -14,10 +16,15 @@ when it has fewer examples than processes it is padded from the start of the per
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
+
+from alignkit.errors import UserError
+
+T = TypeVar("T")
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> list[int]:
@@ -78,3 +85,49 @@ class EpochBatchSampler:
                 chunk = chunk + (order * self.num_processes)[: self.num_processes - len(chunk)]
             parts = np.array_split(np.array(chunk), self.num_processes)
             yield [int(i) for i in parts[self.rank]]
+
+
+class PromptStream:
+    """The prompts of each online iteration: the epoch's permutation (:func:`epoch_permutation`)
+    cut into global batches of ``batch_size × num_processes``, process ``rank`` taking its
+    slice; a partial last batch is dropped (every iteration has the same number of prompts).
+    Iteration k's batch depends only on the seed and k, so a resumed run draws the same."""
+
+    def __init__(
+        self,
+        prompts: Sequence[T],
+        batch_size: int,
+        seed: int,
+        num_processes: int = 1,
+        rank: int = 0,
+    ):
+        self.prompts = list(prompts)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.global_batch = batch_size * num_processes
+        self.batches_per_epoch = len(self.prompts) // self.global_batch
+        if self.batches_per_epoch == 0:
+            raise UserError(
+                f"{len(self.prompts)} prompts are fewer than one rollout batch of "
+                f"{batch_size} x {num_processes} process(es); lower --batch-size or add prompts"
+            )
+
+    def batch(self, iteration: int) -> list[T]:
+        epoch, k = divmod(iteration, self.batches_per_epoch)
+        order = epoch_permutation(len(self.prompts), self.seed, epoch)
+        start = k * self.global_batch + self.rank * self.batch_size
+        return [self.prompts[i] for i in order[start : start + self.batch_size]]
+
+
+def minibatch_indices(
+    n: int, num_minibatches: int, passes: int, *, seed: int, iteration: int, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """Row indices of each minibatch: ``passes`` shuffled passes over n rows, seeded per
+    iteration so a resumed run draws the same minibatches."""
+    size = n // num_minibatches
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
+    for _ in range(passes):
+        order = torch.randperm(n, generator=generator).to(device)
+        for start in range(0, n, size):
+            yield order[start : start + size]

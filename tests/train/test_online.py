@@ -6,7 +6,7 @@ import itertools
 import pytest
 
 from alignkit.errors import UserError
-from alignkit.train.grpo import GRPOConfig, GRPOTrainer, user_group_weights
+from alignkit.train.grpo import GRPOConfig, GRPOTrainer, segment_ids
 from alignkit.train.ppo import PPOConfig, PPOTrainer
 from alignkit.train.run_dir import read_jsonl
 
@@ -77,8 +77,10 @@ def test_ppo_raises_reward_with_bounded_kl_and_adaptive_beta(tmp_path, rewards):
     assert max(r["objective/kl"] for r in rows) < 40
     # The controller moves β toward the target: up after an iteration whose KL was above
     # it, down after one below it (β is logged before that iteration's update).
-    moves = [(r["objective/kl"] > cfg.kl_target, n["objective/beta"] - r["objective/beta"])
-             for r, n in itertools.pairwise(rows)]  # fmt: skip
+    moves = [
+        (r["objective/kl"] > cfg.kl_target, n["objective/beta"] - r["objective/beta"])
+        for r, n in itertools.pairwise(rows)
+    ]
     assert all((delta > 0) if above else (delta < 0) for above, delta in moves)
     assert any(above for above, _ in moves) and not all(above for above, _ in moves)
     assert {
@@ -111,8 +113,17 @@ def test_grpo_raises_reward_and_reports_user_groups(tmp_path, rewards):
 
 
 def test_rloo_variant_trains(tmp_path, rewards):
-    cfg = GRPOConfig(**settings(tmp_path, rewards, max_steps=15, batch_size=4, num_generations=4,
-                                advantage_estimator="rloo", kl_coef=0.0))  # fmt: skip
+    cfg = GRPOConfig(
+        **settings(
+            tmp_path,
+            rewards,
+            max_steps=15,
+            batch_size=4,
+            num_generations=4,
+            advantage_estimator="rloo",
+            kl_coef=0.0,
+        )
+    )
     GRPOTrainer(cfg).train()
     rows = metrics(cfg)
     assert mean(rows[-4:], "objective/scores") > mean(rows[:4], "objective/scores")
@@ -124,11 +135,14 @@ def test_planted_length_hack_is_caught_and_rolled_back(tmp_path, rewards):
         "rollback_beta_factor": 4.0,
         "max_rollbacks": 2,
         "detectors": {
-            "length_drift": {"metric": "completions/mean_words", "max_relative_change": 0.5,
-                             "baseline_steps": 3},
+            "length_drift": {
+                "metric": "completions/mean_words",
+                "max_relative_change": 0.5,
+                "baseline_steps": 3,
+            },
             "proxy_gold_divergence": {"window_steps": 8},
         },
-    }  # fmt: skip
+    }
     cfg = GRPOConfig(
         **settings(
             tmp_path,
@@ -176,13 +190,8 @@ def test_ppo_resume_matches_uninterrupted_run(tmp_path, rewards):
             assert x[key] == pytest.approx(y[key], abs=1e-6), key
 
 
-def test_user_group_weights_favour_the_lagging_group():
-    import torch
-
-    scores = torch.tensor([1.0, 1.0, 0.0, 0.0])
-    weights = user_group_weights(scores, ["a", "a", "b", "b"], strength=1.0)
-    assert weights[2] > weights[0] and torch.isclose(weights.mean(), torch.tensor(1.0))
-    assert torch.equal(user_group_weights(scores, ["a", "a", "b", "b"], 0.0), torch.ones(4))
+def test_segment_ids_number_user_segments_in_order_of_first_appearance():
+    assert segment_ids(["a", None, "b", "a"]).tolist() == [0, -1, 1, 0]
 
 
 def test_online_run_needs_a_reward():
@@ -202,17 +211,36 @@ def test_min_new_tokens_above_max_is_one_clear_error():
 
 
 def test_ppo_ptx_mixes_in_the_sft_loss(tmp_path, rewards):
-    cfg = PPOConfig(**settings(tmp_path, rewards, max_steps=2, ppo_epochs=1, num_minibatches=2,
-                               ptx_dataset="demo", ptx_coef=0.5, entropy_coef=0.01))  # fmt: skip
+    cfg = PPOConfig(
+        **settings(
+            tmp_path,
+            rewards,
+            max_steps=2,
+            ppo_epochs=1,
+            num_minibatches=2,
+            ptx_dataset="demo",
+            ptx_coef=0.5,
+            entropy_coef=0.01,
+        )
+    )
     PPOTrainer(cfg).train()
     last = metrics(cfg)[-1]
     assert last["ptx/loss"] > 0 and "policy/entropy" in last
 
 
 def test_held_out_prompts_are_answered_greedily_and_scored(tmp_path, rewards):
-    cfg = GRPOConfig(**settings(tmp_path, rewards, max_steps=4, batch_size=4, num_generations=2,
-                                eval_fraction=0.1, eval_every=2,
-                                gold_reward={"reward_functions": [f"{rewards}:concise"]}))  # fmt: skip
+    cfg = GRPOConfig(
+        **settings(
+            tmp_path,
+            rewards,
+            max_steps=4,
+            batch_size=4,
+            num_generations=2,
+            eval_fraction=0.1,
+            eval_every=2,
+            gold_reward={"reward_functions": [f"{rewards}:concise"]},
+        )
+    )
     result = GRPOTrainer(cfg).train()
     evals = [
         r for r in read_jsonl(f"{cfg.output_dir}/metrics.jsonl") if "eval_objective/scores" in r
@@ -231,9 +259,18 @@ def test_grpo_folded_old_policy_pass_changes_nothing(tmp_path, rewards, monkeypa
     pass; the run must equal one that takes the separate no-grad pass."""
     runs = {}
     for fold in (True, False):
-        cfg = GRPOConfig(**settings(tmp_path / str(fold), rewards, max_steps=3, batch_size=2,
-                                    num_generations=4, kl_coef=0.05, rollouts_every=1))  # fmt: skip
-        monkeypatch.setattr(GRPOTrainer, "folds_old_policy_pass", lambda self, f=fold: f)
+        cfg = GRPOConfig(
+            **settings(
+                tmp_path / str(fold),
+                rewards,
+                max_steps=3,
+                batch_size=2,
+                num_generations=4,
+                kl_coef=0.05,
+                rollouts_every=1,
+            )
+        )
+        monkeypatch.setattr(GRPOTrainer, "one_update_per_batch", lambda self, f=fold: f)
         trainer = GRPOTrainer(cfg)
         trainer.train()
         params = [p.detach().clone() for p in trainer.engine.unwrapped_model.parameters()]
@@ -251,37 +288,19 @@ def test_grpo_folded_old_policy_pass_changes_nothing(tmp_path, rewards, monkeypa
     )
 
 
-def test_process_metrics_combine_groups_by_count_and_recompute_the_gap():
-    """Two processes: per-group scores are count-weighted, the gap is taken between the
-    combined group means (even when no single process saw two groups), other metrics are
-    plain means, and the counts do not leak into the result."""
-    import torch
-
-    from alignkit.train.online import combine_process_metrics, group_figures
-
-    one = {"objective/kl": 0.2} | group_figures(
-        torch.tensor([1.0, 1.0, 1.0]), ["a", "a", "a"], prefix="objective/scores", with_counts=True
-    )
-    two = {"objective/kl": 0.4} | group_figures(
-        torch.tensor([0.0, 0.5]), ["a", "b"], prefix="objective/scores", with_counts=True
-    )
-    assert two["objective/scores/group_gap"] == 0.5  # this process alone: a 0.0, b 0.5
-    combined = combine_process_metrics([one, two])
-    assert combined["objective/kl"] == pytest.approx(0.3)
-    assert combined["objective/scores/a"] == pytest.approx(0.75)  # (3·1 + 1·0) / 4
-    assert combined["objective/scores/b"] == pytest.approx(0.5)
-    assert combined["objective/scores/group_gap"] == pytest.approx(0.25)
-    assert not any("#" in key for key in combined)
-    only_a = combine_process_metrics([one, {"objective/kl": 0.0} | group_figures(
-        torch.tensor([0.0]), ["b"], prefix="objective/scores", with_counts=True)])  # fmt: skip
-    assert only_a["objective/scores/group_gap"] == pytest.approx(1.0)  # no process had two
-
-
 def test_critic_learning_rate_is_its_own_and_survives_a_rollback(tmp_path, rewards):
     """`critic_learning_rate` gives the critic's parameters their own peak learning rate;
     a guard rollback scales both rates by the same factor."""
-    cfg = PPOConfig(**settings(tmp_path, rewards, max_steps=2, batch_size=4, learning_rate=1e-3,
-                               critic_learning_rate=4e-3))  # fmt: skip
+    cfg = PPOConfig(
+        **settings(
+            tmp_path,
+            rewards,
+            max_steps=2,
+            batch_size=4,
+            learning_rate=1e-3,
+            critic_learning_rate=4e-3,
+        )
+    )
     trainer = PPOTrainer(cfg)
     trainer.train()
     module = trainer.engine.unwrapped_model
@@ -292,11 +311,17 @@ def test_critic_learning_rate_is_its_own_and_survives_a_rollback(tmp_path, rewar
         for p in group["params"]
     }
     assert rates == {False: 1e-3, True: 4e-3}
-    trainer.guard.lr_scale = 0.5
     trainer.engine.save_checkpoint()
-    from types import SimpleNamespace
+    from alignkit.guard import GuardDecision
 
-    trainer.rollback(SimpleNamespace(rollback_to=trainer.engine.state.step, beta_factor=1.0,
-                                     reason="test"))  # fmt: skip
+    trainer.loop.rollback(
+        GuardDecision(
+            "rollback",
+            rollback_to=trainer.engine.state.step,
+            beta_factor=1.0,
+            lr_scale=0.5,
+            reason="test",
+        )
+    )
     peaks = sorted(set(trainer.engine.scheduler.base_lrs))
     assert peaks == [5e-4, 2e-3]

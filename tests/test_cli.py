@@ -115,14 +115,52 @@ def test_trainer_config_errors_are_one_line(capsys):
 @pytest.mark.parametrize("command", ["ppo", "grpo"])
 def test_online_commands_run_with_a_trained_reward_model(command, tmp_path, capsys):
     rm_dir = tmp_path / "rm"
-    assert main(["rm", "--model", "tiny-random-llama", "--dataset", "demo", "--max-steps", "2",
-                 "--batch-size", "2", "--output-dir", str(rm_dir), "--no-report-to-tensorboard",
-                 "--max-length", "96", "--max-prompt-length", "64"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "rm",
+                "--model",
+                "tiny-random-llama",
+                "--dataset",
+                "demo",
+                "--max-steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--output-dir",
+                str(rm_dir),
+                "--no-report-to-tensorboard",
+                "--max-length",
+                "96",
+                "--max-prompt-length",
+                "64",
+            ]
+        )
+        == 0
+    )
     out = tmp_path / command
-    argv = [command, "--model", "tiny-random-llama", "--dataset", "demo", "--reward-model",
-            str(rm_dir / "model"), "--max-steps", "2", "--batch-size", "2", "--max-new-tokens", "8",
-            "--output-dir", str(out), "--no-report-to-tensorboard", "--rollouts-every", "1",
-            "--reward", "{shaping: {evasion: {weight: 0.5}}}"]  # fmt: skip
+    argv = [
+        command,
+        "--model",
+        "tiny-random-llama",
+        "--dataset",
+        "demo",
+        "--reward-model",
+        str(rm_dir / "model"),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--output-dir",
+        str(out),
+        "--no-report-to-tensorboard",
+        "--rollouts-every",
+        "1",
+        "--reward",
+        "{shaping: {evasion: {weight: 0.5}}}",
+    ]
     if command == "ppo":
         argv += ["--num-minibatches", "1", "--ppo-epochs", "1"]
     assert main(argv) == 0

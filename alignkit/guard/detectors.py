@@ -1,5 +1,6 @@
-"""Detectors over the metrics stream of an online run (seeds Q5/Q6: "track reward
-distribution, detect anomalies (sudden spikes), monitor response patterns").
+"""Detectors over the metrics stream of an online run: the reward's distribution, sudden
+spikes, KL to the reference, and the responses' patterns (length, repetition, entropy) —
+where reward hacking and instability show before a person would notice them.
 
 Each detector reads one or two metrics from the dict the trainer logs every step and returns
 the `GuardEvent`s it finds; a metric absent from a step is skipped (gold scores come only
@@ -102,8 +103,7 @@ class RewardSpikeDetector(Detector):
         z = (r_t − mean(window)) / max(std(window), min_std)
 
     over the last ``window`` values before step t, once ``warmup`` values are in. A sudden
-    jump is the typical sign of the policy finding an exploit of the reward model (seeds Q6,
-    "detect anomalies (sudden spikes)"). ``direction="up"`` ignores drops.
+    jump is the typical sign of the policy finding an exploit of the reward model. ``direction="up"`` ignores drops.
     """
 
     name = "reward_spike"
@@ -183,7 +183,7 @@ class _BoundDetector(Detector):
 
 class KLBoundDetector(_BoundDetector):
     """KL(π_θ ‖ π_ref) above ``max_kl``: the policy has left the region where the reward
-    model was trained (seeds Q7). In the units of the trainer's ``objective/kl``."""
+    model was trained, so its scores mean less. In the units of the trainer's ``objective/kl``."""
 
     name = "kl_bound"
     bound_name = "max_kl"
@@ -201,7 +201,7 @@ class KLBoundDetector(_BoundDetector):
 
 class RepetitionRiseDetector(_BoundDetector):
     """The rollouts' repetition rate (mean `repeated_ngram_fraction`) above ``max_rate``:
-    the policy repeats high-reward phrases (seeds Q6) or is collapsing."""
+    the policy repeats phrases its reward pays for, or is collapsing."""
 
     name = "repetition"
     bound_name = "max_rate"
@@ -253,8 +253,8 @@ class LengthDriftDetector(_BaselineDetector):
 
         |L_t / L_0 − 1| > max_relative_change,   L_0 = mean of the first baseline_steps
 
-    Growing length is the classic reward-model exploit ("more tokens = higher reward",
-    seeds Q6); shrinking to nothing is the evasive one. ``direction`` picks which to watch.
+    Growing length is the classic reward-model exploit (reward models tend to pay for
+    more tokens); shrinking to nothing is the evasive one. ``direction`` picks which to watch.
     """
 
     name = "length_drift"
@@ -292,7 +292,7 @@ class LengthDriftDetector(_BaselineDetector):
 
 class EntropyCollapseDetector(_BaselineDetector):
     """Policy entropy below ``floor`` or below ``min_fraction`` of its early baseline: the
-    policy is collapsing onto one response pattern (mode collapse, seeds Q5)."""
+    policy is collapsing onto one response pattern (mode collapse)."""
 
     name = "entropy_collapse"
 

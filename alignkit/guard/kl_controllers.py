@@ -1,4 +1,5 @@
-"""KL coefficient controllers: the β of r_t − β·KL(π_θ ‖ π_ref) (seeds Q7).
+"""KL coefficient controllers: the β of r_t − β·KL(π_θ ‖ π_ref), the penalty that keeps the
+policy near the reference, where the reward model's scores still mean something.
 
 "If KL too high: increase β; if KL too low: decrease β" — `AdaptiveKLController` does that
 with the proportional controller of Ziegler et al. 2019 ("Fine-Tuning Language Models from

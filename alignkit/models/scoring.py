@@ -291,12 +291,10 @@ def labelled_token_logprobs_and_entropy(
     Padding-free: when the batch is padded and the model allows it (Llama-family decoders,
     see :func:`supports_padding_free`), the real tokens of all rows are packed into one row
     with restarting position ids, so no pad token goes through the network, and the
-    vocabulary projection runs only on the positions that predict a label (DPO pairs on the
-    demo data: 35% of a padded batch is padding, and 1 position in 3 after the prompt
-    predicts a label). Rows that open with the same prompt (the real tokens before their
-    first label) hold it once in that row and their responses attend to it: a preference
-    pair's two responses, a GRPO group's G samples (the demo's pairs: 94 tokens a pair
-    become 61). Same values up to float rounding.
+    vocabulary projection runs only on the positions that predict a label. Rows that open
+    with the same prompt (the real tokens before their first label) hold it once in that
+    row and their responses attend to it: a preference pair's two responses, a GRPO
+    group's G samples. Same values up to float rounding.
     """
     targets, mask = shifted_labels(labels)
     packed = None

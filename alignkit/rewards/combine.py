@@ -16,7 +16,7 @@ COMBINE_RULES: tuple[str, ...] = ("mean", "min", "mean_minus_std")
 class CompositeReward:
     """r(x, y) = Σ_i w_i · r_i(x, y), with each weighted term kept as a part.
 
-    This is how "reward model + shaping" is built (seeds Q6, "multiple reward signals"):
+    This is how "reward model + shaping" is built, so one flawed signal is not the only one:
     ``CompositeReward([("reward_model", scorer, 1.0), ("length", LengthPenalty(64), 1.0)])``.
     ``parts[name]`` is w_i · r_i, so the parts sum to ``scores``.
     """

@@ -1,4 +1,5 @@
-"""Rule-based shaping terms against the seeds' reward hacks (Q6: "penalize obvious hacks").
+"""Rule-based shaping terms that penalise the obvious reward hacks: padding, repetition,
+evasion; and a bonus for diversity.
 
 Each term scores a batch on its own, already weighted, with the sign it has in the total:
 penalties are ≤ 0, the diversity bonus ≥ 0. Combine them with a reward model through
@@ -72,7 +73,7 @@ class LengthPenalty:
 class RepetitionPenalty:
     """−weight · (fraction of repeated word n-grams) = −weight · (1 − distinct-n).
 
-    Counters "repeats high-reward phrases" (seeds Q6): "Paris Paris Paris Paris" with n=2
+    Counters a policy that repeats the phrases its reward model pays for: "Paris Paris Paris Paris" with n=2
     costs 2/3·weight, a sentence without repeated bigrams costs nothing.
     """
 
@@ -93,7 +94,8 @@ class RepetitionPenalty:
 class EvasionPenalty:
     """−weight for a response containing a refusal/evasion phrase, 0 otherwise.
 
-    Counters "always says I can't answer to avoid negative reward" (seeds Q5/Q6). The
+    Counters a policy that learns to refuse ("I can't answer that") because a refusal is never
+    punished as a wrong answer is. The
     phrase list is configurable; matching is case-insensitive substring search.
     """
 
@@ -116,7 +118,7 @@ class DiversityBonus:
     """+weight · novelty, novelty = share of a response's distinct word n-grams that no other
     response of the same batch contains (`batch_novelty`).
 
-    Rewards diversity (seeds Q6) and works against mode collapse: with GRPO's G samples per
+    Rewards diversity and works against mode collapse: with GRPO's G samples per
     prompt, G identical answers get nothing. Depends on the batch, so score the whole
     rollout batch at once.
     """

@@ -3,8 +3,8 @@
 A decoding step feeds one token per row through every layer. For a small model on the CPU
 the weights dominate (each step streams all of them), and what is left is the bookkeeping
 around them: transformers' Llama layer builds a mask, grows the cache with `torch.cat`,
-rotates q and k through `rotate_half`, and dispatches ~40 small modules and ops a layer.
-On SmolLM2-135M with 8 rows that is about 1 ms a layer a step on top of the matmuls.
+rotates q and k through `rotate_half`, and dispatches ~40 small modules and ops a layer,
+each with its own overhead on top of the matmuls.
 
 :class:`LlamaDecodeStep` computes the same function from the model's own parameters:
 
@@ -18,10 +18,8 @@ it has) and applied to the query and key heads together, W_q, W_k and W_v stacke
 product, and, on the CPU, the weights prepacked for the batch
 (:mod:`alignkit.rollout.prepacked`) with the residual additions, the SiLU and the gate's
 product done by the GEMM's epilogue: 16 ops a layer where the plain version has 26. Its
-logits match the model's forward up to float rounding (tests check ~1e-5). On SmolLM2-135M,
-one thread, a 32-token generation for 8 rows (prefill, packing and 31 steps) took 3.52 s
-against 4.16 s through the model's forward with prepacked weights (medians of 6 alternating
-runs).
+logits match the model's forward up to float rounding (tests check ~1e-5); what it saves
+is measured in benchmarks/README.md.
 
 It covers decoders that are exactly this shape: Llama and Qwen2 (their q/k/v biases
 included) with plain `nn.Linear` projections, full attention in every layer and no

@@ -2,10 +2,8 @@
 
 Each decoding step multiplies a handful of rows (the batch, one new token each) by every
 weight matrix of the model. At that shape the plain float32 GEMM spends most of its time
-re-reading and re-packing the weights: on SmolLM2-135M with 8 rows (a GRPO group of 4 for
-2 prompts), one pass over its 211 linear layers took 82–116 ms with `F.linear` and 62 ms
-with weights reordered once by oneDNN for that batch size, and a 32-token GRPO generation
-went from 5.35 s to 3.18 s (greedy tokens identical).
+re-reading and re-packing the weights; weights reordered once by oneDNN for that batch
+size skip that work, with the same greedy tokens (benchmarks/README.md has the figures).
 
 :func:`prepacked_linears` reorders every `nn.Linear` weight once for a given number of rows
 and, while the context is open, routes inputs of exactly that many rows through oneDNN's

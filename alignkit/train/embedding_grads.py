@@ -12,8 +12,7 @@ Autograd sums it into the head's dense gradient before it reaches the parameter,
 table ends with the same dense `.grad` as before; an untied one (a reward model's backbone,
 whose LM head is unused) ends with a sparse `.grad`, which :func:`densify_sparse_grads`
 turns dense before clipping and the optimizer. The values are the same up to the order of
-float additions. On the SFT benchmark (2 threads) peak memory went from 2982–3012 MiB to
-2846–2904 MiB in three pairs of runs.
+float additions; the peak memory it saves is in benchmarks/README.md.
 
 Only for one process: DistributedDataParallel treats a sparse embedding as one whose
 gradients it must all-reduce sparsely. The engine switches the embeddings back when its

@@ -9,25 +9,24 @@ where ``loss_fn(model, batch) -> (loss, {"name": float, ...})`` is called once p
 (``batch`` already on the device) and ``eval_fn(model) -> {"name": float}`` is called on every
 process with the unwrapped model in eval mode under ``torch.no_grad()``.
 
-Online trainers (PPO, GRPO) drive their own loop with the same pieces::
+Online trainers (PPO, GRPO) drive their own loop with the same pieces (their
+:class:`~alignkit.train.online_loop.OnlineLoop` does the parts around the update)::
 
-    engine = Engine(cfg, policy_with_value_head)
+    engine = Engine(cfg, policy_and_critic)
     engine.set_total_steps(n_updates)                 # scheduler over optimizer updates
     engine.register_state("kl_controller", kl_ctl)    # anything with state_dict/load_state_dict
     if cfg.resume:
         engine.resume()                               # restores weights, optimizer, RNG, extras
     it = engine.state.extra.get("iteration", 0)       # JSON-able counters of your own
-    while engine.state.step < n_updates:
-        experience = generate_and_score(engine.unwrapped_model)
-        for _ in range(ppo_epochs):
-            for mb in minibatches(experience):
-                with engine.accumulate():
-                    loss, metrics = ppo_loss(engine.model, mb)
-                    engine.backward_and_step(loss, metrics)   # a window of
-                                                              # gradient_accumulation_steps
+    while it < n_iterations:
+        experience = sample_and_score(engine.unwrapped_model)
+        for rows in minibatch_indices(...):           # K epochs of minibatches
+            with engine.accumulate():
+                loss, metrics = ppo_loss(engine.model, experience, rows)
+                engine.backward_and_step(loss, metrics)   # a window of
+                                                          # gradient_accumulation_steps
         engine.state.extra["iteration"] = it = it + 1
-        engine.log({"reward": mean_reward})            # reduced over processes, written
-        engine.log_step_metrics()                      # means of the loss_fn metrics so far
+        engine.log({"objective/scores": mean_score})  # reduced over processes, written
         if cfg.save_every and it % cfg.save_every == 0:
             engine.save_checkpoint()
 
@@ -359,8 +358,8 @@ class Engine:
     def _clip_gradients(self, params: list[nn.Parameter], max_norm: float) -> float:
         """Scale the gradients to a total L2 norm of at most `max_norm`; returns the norm
         before clipping. Without sharded gradients (one process or DDP), gradients already
-        inside the bound are left alone instead of multiplied by 1.0 (a pass over every
-        gradient: 45 ms of a 1.9 s SmolLM2 DPO step on one CPU thread)."""
+        inside the bound are left alone instead of multiplied by 1.0 (that would be one more
+        pass over every gradient, for nothing)."""
         sharded = (DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.XLA)
         if self.accelerator.distributed_type in sharded:
             return _as_float(self.accelerator.clip_grad_norm_(params, max_norm))
@@ -649,14 +648,21 @@ class Engine:
         try:
             while self.state.step < total:
                 sampler = EpochBatchSampler(
-                    n, cfg.batch_size, seed=cfg.seed, epoch=self.state.epoch,
-                    num_processes=acc.num_processes, rank=acc.process_index,
+                    n,
+                    cfg.batch_size,
+                    seed=cfg.seed,
+                    epoch=self.state.epoch,
+                    num_processes=acc.num_processes,
+                    rank=acc.process_index,
                     start=self.state.batch_in_epoch,
-                )  # fmt: skip
+                )
                 loader = DataLoader(
-                    train_dataset, batch_sampler=sampler, collate_fn=collate_fn,
-                    num_workers=0, generator=torch.Generator(),  # leave the global RNG alone
-                )  # fmt: skip
+                    train_dataset,
+                    batch_sampler=sampler,
+                    collate_fn=collate_fn,
+                    num_workers=0,
+                    generator=torch.Generator(),  # leave the global RNG alone
+                )
                 for batch in loader:
                     batch = send_to_device(batch, self.device)
                     with self.accumulate():

@@ -8,7 +8,7 @@ fifth of a GRPO step (benchmarks/README.md). Fixing glibc's mmap threshold at it
 (32 MiB on 64-bit) and never trimming the heap lets the next step reuse the previous step's
 pages. Buffers above 32 MiB still get their own mapping and are returned when freed, as
 before: serving those from the heap too would save more faults, but same-size aligned
-buffers then fragment it (a loop that held 380 MiB at a time settled at 1 GiB).
+buffers then fragment it, and the heap grows far past what the step holds at a time.
 
 The process keeps the high-water mark of its heap until it exits, which a training process
 reaches in its first steps anyway. The setting is process-wide and is applied once.

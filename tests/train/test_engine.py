@@ -327,9 +327,14 @@ def test_too_many_nonfinite_in_a_row_stops_and_keeps_the_good_checkpoint(tmp_pat
 
 def test_run_folder_contents(tmp_path):
     cfg = make_config(
-        tmp_path, max_steps=4, log_every=2, eval_every=2, save_every=2, report_to_tensorboard=True,
+        tmp_path,
+        max_steps=4,
+        log_every=2,
+        eval_every=2,
+        save_every=2,
+        report_to_tensorboard=True,
         keep_last_checkpoints=1,
-    )  # fmt: skip
+    )
     evals = []
 
     def eval_fn(model):

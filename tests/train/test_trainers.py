@@ -186,8 +186,16 @@ def test_gradient_checkpointing_changes_memory_not_results(tmp_path, kind):
     ]
     runs = {}
     for on in (False, True):
-        cfg = config_cls(**common(tmp_path / str(on), data, max_steps=3, learning_rate=1e-3,
-                                  log_every=1, gradient_checkpointing=on))  # fmt: skip
+        cfg = config_cls(
+            **common(
+                tmp_path / str(on),
+                data,
+                max_steps=3,
+                learning_rate=1e-3,
+                log_every=1,
+                gradient_checkpointing=on,
+            )
+        )
         trainer = trainer_cls(cfg)
         trainer.train()
         assert (

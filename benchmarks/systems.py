@@ -534,10 +534,10 @@ def run_alignkit_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str,
         guard={"detectors": {}},  # no run guard (TRL has none): no events inside the loop
         rollouts_every=0,
     )
-    import alignkit.train.grpo as grpo_module
+    import alignkit.train.online_loop as loop_module
 
     trainer = GRPOTrainer(cfg)
-    original_sample = grpo_module.sample_responses
+    original_sample = loop_module.sample_responses
 
     def counting_sample(*args, **kwargs):
         if probe.train_begin is None:
@@ -557,11 +557,11 @@ def run_alignkit_grpo(settings: Settings, data: Path, probe: Probe) -> dict[str,
         return rollout, sequences
 
     n_params = count_matmul_params(trainer.policy, lm_head=True)
-    grpo_module.sample_responses = counting_sample  # the trainer's step 1 goes through it
+    loop_module.sample_responses = counting_sample  # the trainer's step 1 goes through it
     try:
         trainer.train()
     finally:
-        grpo_module.sample_responses = original_sample
+        loop_module.sample_responses = original_sample
     return probe.record(
         workload="grpo", system="alignkit", settings=settings, n_params=n_params, **extra
     )

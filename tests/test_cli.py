@@ -1,4 +1,5 @@
 import json
+import shlex
 import subprocess
 import sys
 
@@ -78,24 +79,9 @@ def test_python_dash_m_entry_point():
 
 def test_trainer_command_runs_and_summarises(tmp_path, capsys):
     out = tmp_path / "run"
-    argv = [
-        "dpo",
-        "--model",
-        "tiny-random-llama",
-        "--dataset",
-        "demo",
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--output-dir",
-        str(out),
-        "--max-length",
-        "96",
-        "--max-prompt-length",
-        "64",
-        "--no-report-to-tensorboard",
-    ]
+    argv = shlex.split("dpo --model tiny-random-llama --dataset demo --max-steps 2 --batch-size 2")
+    argv += ["--output-dir", str(out)]
+    argv += shlex.split("--max-length 96 --max-prompt-length 64 --no-report-to-tensorboard")
     assert main(argv) == 0
     assert "alignkit dpo: 2 steps" in capsys.readouterr().out
     assert (out / "model" / "config.json").is_file() and (out / "metrics.jsonl").is_file()
@@ -115,52 +101,14 @@ def test_trainer_config_errors_are_one_line(capsys):
 @pytest.mark.parametrize("command", ["ppo", "grpo"])
 def test_online_commands_run_with_a_trained_reward_model(command, tmp_path, capsys):
     rm_dir = tmp_path / "rm"
-    assert (
-        main(
-            [
-                "rm",
-                "--model",
-                "tiny-random-llama",
-                "--dataset",
-                "demo",
-                "--max-steps",
-                "2",
-                "--batch-size",
-                "2",
-                "--output-dir",
-                str(rm_dir),
-                "--no-report-to-tensorboard",
-                "--max-length",
-                "96",
-                "--max-prompt-length",
-                "64",
-            ]
-        )
-        == 0
-    )
+    rm = shlex.split("rm --model tiny-random-llama --dataset demo --max-steps 2 --batch-size 2")
+    rm += shlex.split("--no-report-to-tensorboard --max-length 96 --max-prompt-length 64")
+    assert main([*rm, "--output-dir", str(rm_dir)]) == 0
     out = tmp_path / command
-    argv = [
-        command,
-        "--model",
-        "tiny-random-llama",
-        "--dataset",
-        "demo",
-        "--reward-model",
-        str(rm_dir / "model"),
-        "--max-steps",
-        "2",
-        "--batch-size",
-        "2",
-        "--max-new-tokens",
-        "8",
-        "--output-dir",
-        str(out),
-        "--no-report-to-tensorboard",
-        "--rollouts-every",
-        "1",
-        "--reward",
-        "{shaping: {evasion: {weight: 0.5}}}",
-    ]
+    argv = [command, *shlex.split("--model tiny-random-llama --dataset demo")]
+    argv += ["--reward-model", str(rm_dir / "model"), "--output-dir", str(out)]
+    argv += shlex.split("--max-steps 2 --batch-size 2 --max-new-tokens 8 --rollouts-every 1")
+    argv += ["--no-report-to-tensorboard", "--reward", "{shaping: {evasion: {weight: 0.5}}}"]
     if command == "ppo":
         argv += ["--num-minibatches", "1", "--ppo-epochs", "1"]
     assert main(argv) == 0

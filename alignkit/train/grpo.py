@@ -54,7 +54,6 @@ from alignkit.train.online_steps import (
     build_online_parts,
     policy_token_stats,
     reference_logps,
-    sample_responses,
 )
 from alignkit.train.rollout_log import append_rollouts, token_rows
 from alignkit.train.sampler import minibatch_indices
@@ -118,7 +117,7 @@ class GRPOTrainer:
     ):
         self.cfg = config
         self.policy, self.tokenizer = policy_and_tokenizer(config, model, tokenizer)
-        self.scorer, self.kl_controller, self.guard = build_online_parts(config, self.tokenizer)
+        self.parts = build_online_parts(config, self.tokenizer)
 
     def one_update_per_batch(self) -> bool:
         """μ = 1 and one minibatch: the policy that sampled is the one being updated, so
@@ -131,41 +130,27 @@ class GRPOTrainer:
         self.engine = Engine(cfg, self.policy, save_model=save_policy_hook(self.tokenizer))
         policy = self.engine.unwrapped_model
         self.reference = ReferencePolicy(policy)
+        updates = cfg.num_iterations * cfg.num_minibatches // cfg.gradient_accumulation_steps
         self.loop = OnlineLoop(
             cfg,
             self.engine,
-            policy=policy,
-            tokenizer=self.tokenizer,
-            scorer=self.scorer,
-            kl_controller=self.kl_controller,
-            guard=self.guard,
-            updates_per_iteration=cfg.num_iterations
-            * cfg.num_minibatches
-            // cfg.gradient_accumulation_steps,
+            policy,
+            self.tokenizer,
+            self.parts,
+            updates,
             samples_per_prompt=cfg.num_generations,
             command="grpo",
         )
-        with self.loop as loop:
-            while loop.running():
-                loop.end_iteration(self.iteration(loop.prompts(), loop.iteration))
-        return self.loop.finish()
+        return self.loop.run(self.iteration)
 
     def iteration(self, prompts: list[PromptExample], iteration: int) -> dict[str, float]:
         """Steps 1–7 of one GRPO iteration; returns its metrics."""
         cfg, engine, G = self.cfg, self.engine, self.cfg.num_generations
         with torch.no_grad():
             # 1. Sample G responses to each prompt from the current policy.
-            rollout, seq = sample_responses(
-                engine.unwrapped_model,
-                self.tokenizer,
-                prompts,
-                cfg,
-                samples_per_prompt=G,
-                seed=self.loop.sampling_seed(),
-                device=engine.device,
-            )
+            rollout, seq = self.loop.sample(prompts)
             # 2. Score each response.
-            scored = self.scorer(
+            scored = self.parts.scorer(
                 prompts, rollout.texts, seq, samples_per_prompt=G, device=engine.device
             )
             # 3. Advantages relative to the group of G, no critic: (r − mean)/std (GRPO)
@@ -200,7 +185,7 @@ class GRPOTrainer:
             "objective/kl": float(kl.sum(1).mean()),
             "objective/entropy": float(masked_mean(sampled.entropy, sampled.mask)),
             "objective/rlhf_reward": float(
-                scored.output.scores.mean() - self.kl_controller.value * kl.sum(1).mean()
+                scored.output.scores.mean() - self.parts.kl_controller.value * kl.sum(1).mean()
             ),
         }
         if cfg.rollouts_every and iteration % cfg.rollouts_every == 0 and engine.is_main:
@@ -221,7 +206,7 @@ class GRPOTrainer:
         minibatches. Returns the mean metrics of the steps and the sampling policy's token
         figures: `sampled` as given, or, when None, those of the first (only) forward."""
         cfg, engine = self.cfg, self.engine
-        beta = self.kl_controller.value
+        beta = self.parts.kl_controller.value
         from_this_forward = sampled is None
         records = []
         for rows in minibatch_indices(

@@ -2,11 +2,15 @@
 
 A trainer builds its engine, then::
 
-    with OnlineLoop(cfg, engine, ...) as loop:            # prompts, schedule, resume
-        while loop.running():
-            metrics = trainer.iteration(loop.prompts(), loop.iteration)
-            loop.end_iteration(metrics)                    # β, log, guard, eval, checkpoint
-    result = loop.finish()                                 # last eval, checkpoint, model/
+    loop = OnlineLoop(cfg, engine, policy, tokenizer, parts, ...)  # prompts, schedule, resume
+    result = loop.run(trainer.iteration)
+
+where `run` is::
+
+    while loop.running():
+        metrics = trainer.iteration(loop.prompts(), loop.iteration)
+        loop.end_iteration(metrics)                    # β, log, guard, eval, checkpoint
+    return loop.finish()                               # last eval, checkpoint, model/
 
 `end_iteration` is the part every online iteration ends with: combine the metrics of all
 processes, let β's controller see the KL, write the record, let the guard look at it (and
@@ -15,6 +19,7 @@ roll back or stop), answer the held-out prompts when due, checkpoint when due.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,11 +32,13 @@ from alignkit.data import PromptExample
 from alignkit.errors import UserError
 from alignkit.eval.held_out import score_greedy_answers
 from alignkit.eval.segments import combine_process_metrics
-from alignkit.guard import FixedKLController, Guard, GuardDecision
+from alignkit.guard import GuardDecision
+from alignkit.rollout.sampling import Rollout
+from alignkit.rollout.sequences import Sequences
 from alignkit.train.common import load_train_eval
 from alignkit.train.engine import Engine
 from alignkit.train.online_config import OnlineConfig
-from alignkit.train.online_steps import ResponseScorer
+from alignkit.train.online_steps import OnlineParts, sample_responses
 from alignkit.train.sampler import PromptStream
 
 
@@ -66,8 +73,9 @@ class OnlineLoop:
     Args:
         cfg: the trainer's config.
         engine: built by the trainer over what it trains (PPO: policy and critic).
-        policy: the unwrapped policy, which answers the held-out prompts.
-        scorer, kl_controller, guard: from :func:`~alignkit.train.online_steps.build_online_parts`.
+        policy: the unwrapped policy, which samples and answers the held-out prompts.
+        parts: the scorer, β's controller and the guard
+            (:func:`~alignkit.train.online_steps.build_online_parts`).
         updates_per_iteration: optimizer updates one iteration makes (the schedule's length
             is this × the iterations).
         samples_per_prompt: responses per prompt (G for GRPO), for β's controller.
@@ -77,18 +85,17 @@ class OnlineLoop:
         self,
         cfg: OnlineConfig,
         engine: Engine,
-        *,
         policy: nn.Module,
         tokenizer: PreTrainedTokenizerBase,
-        scorer: ResponseScorer,
-        kl_controller: FixedKLController,
-        guard: Guard,
+        parts: OnlineParts,
         updates_per_iteration: int,
+        *,
         samples_per_prompt: int = 1,
         command: str = "online",
     ):
         self.cfg, self.engine, self.policy, self.tokenizer = cfg, engine, policy, tokenizer
-        self.scorer, self.kl_controller, self.guard = scorer, kl_controller, guard
+        self.scorer, self.kl_controller, self.guard = parts.scorer, parts.kl_controller, parts.guard
+        self.samples_per_prompt = samples_per_prompt
         self.samples_per_iteration = cfg.batch_size * samples_per_prompt
         train_prompts, self.eval_prompts = load_train_eval(cfg, "prompt")
         accelerator = engine.accelerator
@@ -101,10 +108,10 @@ class OnlineLoop:
         )
         self.total_iterations = cfg.max_steps or cfg.num_epochs * self.stream.batches_per_epoch
         engine.set_total_steps(self.total_iterations * updates_per_iteration)
-        engine.register_state("kl_controller", kl_controller)
-        engine.register_state("guard", guard)
-        if scorer.normalizer is not None:
-            engine.register_state("reward_normalizer", scorer.normalizer)
+        engine.register_state("kl_controller", self.kl_controller)
+        engine.register_state("guard", self.guard)
+        if self.scorer.normalizer is not None:
+            engine.register_state("reward_normalizer", self.scorer.normalizer)
         if cfg.resume:
             engine.resume()
         self.iteration = int(engine.state.extra.get("iteration", 0))
@@ -118,11 +125,18 @@ class OnlineLoop:
             desc=command,
         )
 
-    def __enter__(self) -> OnlineLoop:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.close()
+    def run(
+        self, iteration: Callable[[list[PromptExample], int], dict[str, float]]
+    ) -> OnlineResult:
+        """Every iteration until the last, or until the guard stops the run: the trainer's
+        `iteration(prompts, k)` (sample, score, update; returns its metrics), then
+        :meth:`end_iteration`. Then :meth:`finish`."""
+        try:
+            while self.running():
+                self.end_iteration(iteration(self.prompts(), self.iteration))
+        finally:
+            self.bar.close()
+        return self.finish()
 
     def running(self) -> bool:
         return self.stopped is None and self.iteration < self.total_iterations
@@ -131,11 +145,20 @@ class OnlineLoop:
         """This iteration's prompts (this process's share)."""
         return self.stream.batch(self.iteration)
 
-    def sampling_seed(self) -> int:
-        """The seed of this iteration's sampling on this process: a resumed run samples
-        the same responses."""
+    def sample(self, prompts: list[PromptExample]) -> tuple[Rollout, Sequences]:
+        """`samples_per_prompt` responses to each prompt from the current policy, seeded by
+        the iteration and the process (a resumed run samples the same responses), and the
+        same rows right-padded for scoring, on the training device."""
         rank = self.engine.accelerator.process_index
-        return self.cfg.seed * 7919 + self.iteration * 104_729 + rank
+        return sample_responses(
+            self.policy,
+            self.tokenizer,
+            prompts,
+            self.cfg,
+            samples_per_prompt=self.samples_per_prompt,
+            seed=self.cfg.seed * 7919 + self.iteration * 104_729 + rank,
+            device=self.engine.device,
+        )
 
     def due(self, every: int) -> bool:
         """Whether the iteration just finished is one of every `every` (0 = never)."""

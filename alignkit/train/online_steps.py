@@ -30,11 +30,16 @@ from alignkit.rollout.sequences import Sequences, right_padded_sequences
 from alignkit.train.online_config import OnlineConfig
 
 
-def build_online_parts(
-    cfg: OnlineConfig, tokenizer: PreTrainedTokenizerBase
-) -> tuple[ResponseScorer, FixedKLController, Guard]:
-    """What both online trainers build from their config: the scorer, β's controller
-    (fixed, or adaptive toward `kl_target`), and the guard."""
+@dataclass
+class OnlineParts:
+    """What both online trainers build from their config before the run."""
+
+    scorer: ResponseScorer  # reward, penalties, normalisation; the gold reward, watched
+    kl_controller: FixedKLController  # β: fixed, or adaptive toward `kl_target`
+    guard: Guard  # reward-hacking and instability detectors, and what to do about them
+
+
+def build_online_parts(cfg: OnlineConfig, tokenizer: PreTrainedTokenizerBase) -> OnlineParts:
     scorer = ResponseScorer(
         build_reward(cfg.reward_section(), tokenizer=tokenizer),
         build_reward(cfg.gold_reward, tokenizer=tokenizer) if cfg.gold_reward else None,
@@ -44,7 +49,7 @@ def build_online_parts(
     kl_controller = build_kl_controller(
         {"beta": cfg.kl_coef, "target": cfg.kl_target, "horizon": cfg.kl_horizon}
     )
-    return scorer, kl_controller, build_guard(cfg.guard)
+    return OnlineParts(scorer, kl_controller, build_guard(cfg.guard))
 
 
 # ----------------------------------------------------------------------------- sample

@@ -46,7 +46,6 @@ from alignkit.train.online_steps import (
     ScoredResponses,
     build_online_parts,
     reference_logps,
-    sample_responses,
 )
 from alignkit.train.optim import build_optimizer
 from alignkit.train.rollout_log import append_rollouts, token_rows
@@ -172,7 +171,7 @@ class PPOTrainer:
             )
         critic.kind = "value"
         self.critic = critic
-        self.scorer, self.kl_controller, self.guard = build_online_parts(config, self.tokenizer)
+        self.parts = build_online_parts(config, self.tokenizer)
         self.ptx_features = None
         if config.ptx_coef > 0:
             records = load_dataset_records(dataset_path(config.ptx_dataset, "sft"), "sft")
@@ -197,41 +196,22 @@ class PPOTrainer:
         )
         policy = self.engine.unwrapped_model.policy
         self.reference = ReferencePolicy(policy)
+        updates = cfg.ppo_epochs * cfg.num_minibatches // cfg.gradient_accumulation_steps
         self.loop = OnlineLoop(
-            cfg,
-            self.engine,
-            policy=policy,
-            tokenizer=self.tokenizer,
-            scorer=self.scorer,
-            kl_controller=self.kl_controller,
-            guard=self.guard,
-            updates_per_iteration=cfg.ppo_epochs
-            * cfg.num_minibatches
-            // cfg.gradient_accumulation_steps,
-            command="ppo",
+            cfg, self.engine, policy, self.tokenizer, self.parts, updates, command="ppo"
         )
-        with self.loop as loop:
-            while loop.running():
-                loop.end_iteration(self.iteration(loop.prompts(), loop.iteration))
-        return self.loop.finish()
+        return self.loop.run(self.iteration)
 
     def iteration(self, prompts: list[PromptExample], iteration: int) -> dict[str, float]:
         """Steps 1–6 of one PPO iteration; returns its metrics."""
         cfg, engine = self.cfg, self.engine
         model = engine.unwrapped_model
-        beta = self.kl_controller.value
+        beta = self.parts.kl_controller.value
         with torch.no_grad():
             # 1. Sample a response to each prompt from the current policy.
-            rollout, seq = sample_responses(
-                model.policy,
-                self.tokenizer,
-                prompts,
-                cfg,
-                seed=self.loop.sampling_seed(),
-                device=engine.device,
-            )
+            rollout, seq = self.loop.sample(prompts)
             # 2. Score each response: reward model and shaping terms, one number each.
-            scored = self.scorer(prompts, rollout.texts, seq, device=engine.device)
+            scored = self.parts.scorer(prompts, rollout.texts, seq, device=engine.device)
             # 3. π_old's log-probs and the critic's values, π_ref's log-probs, the
             #    per-token KL (cfg.kl_estimator: k1 by default, the naive log-ratio).
             out = model(

@@ -78,7 +78,7 @@ class OnlineLoop:
             (:func:`~alignkit.train.online_steps.build_online_parts`).
         updates_per_iteration: optimizer updates one iteration makes (the schedule's length
             is this × the iterations).
-        samples_per_prompt: responses per prompt (G for GRPO), for β's controller.
+        samples_per_prompt: responses sampled per prompt (G for GRPO).
     """
 
     def __init__(

@@ -84,6 +84,7 @@ from alignkit.train.host_memory import keep_freed_host_memory
 from alignkit.train.optim import build_optimizer, build_scheduler
 from alignkit.train.run_dir import RunDirectory
 from alignkit.train.sampler import EpochBatchSampler
+from alignkit.train.time_budget import TimeBudget, parse_duration
 from alignkit.train.train_config import TrainConfig
 
 LossFn = Callable[[torch.nn.Module, Any], "tuple[torch.Tensor, Mapping[str, Any]]"]
@@ -252,6 +253,7 @@ class Engine:
         self._log_buffer: list[dict[str, float]] = []  # per-update metrics since the last log
         self._last_lr = cfg.learning_rate
         self.last_train_record: dict[str, Any] = {}
+        self.budget: TimeBudget | None = None  # see start_time_budget
 
     # ------------------------------------------------------------ setup
 
@@ -286,12 +288,101 @@ class Engine:
         group's configured peak (PPO's critic has its own)."""
         if self.scheduler is None:
             raise RuntimeError("call set_total_steps() before scale_peak_learning_rates()")
-        scheduler, groups = self.scheduler, self.optimizer.param_groups
-        scheduler.base_lrs = [group["initial_lr"] * scale for group in groups]
+        groups = self.optimizer.param_groups
+        self.scheduler.base_lrs = [group["initial_lr"] * scale for group in groups]
+        self._apply_schedule()
+
+    def relay_schedule(self, total_steps: int) -> None:
+        """Lay the schedule out again over ``total_steps`` updates in all (a time budget
+        fixed the run's length): warm-up and decay recomputed for the new length, the same
+        peak(s), the updates already done kept. The next update uses the new curve."""
+        if self.scheduler is None:
+            raise RuntimeError("call set_total_steps() before relay_schedule()")
+        peaks = list(self.scheduler.base_lrs)
+        self.set_total_steps(max(total_steps, 1))
+        self.scheduler.base_lrs = peaks
+        self.scheduler.last_epoch = self.state.step
+        self._apply_schedule()
+
+    def _apply_schedule(self) -> None:
+        """Each group's learning rate from the scheduler's peaks and λ at the current step."""
+        scheduler = self.scheduler
         for group, base, lr_lambda in zip(
-            groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+            self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
         ):
             group["lr"] = base * lr_lambda(scheduler.last_epoch)
+
+    # ------------------------------------------------------------ a time budget
+
+    def start_time_budget(
+        self,
+        total: int,
+        *,
+        unit: str = "steps",
+        updates_per_unit: int = 1,
+        eval_every: int = 0,
+        save_every: int = 0,
+        cap: int | None = None,
+    ) -> int:
+        """Start watching ``cfg.time_budget`` (call after :meth:`resume`); returns the
+        number of units (optimizer steps, or an online trainer's iterations of
+        ``updates_per_unit`` updates) to run: ``total`` as planned, or the length a
+        resumed run had fixed. Without a budget it changes nothing."""
+        if not self.cfg.time_budget:
+            return total
+        self.budget = TimeBudget(
+            parse_duration(self.cfg.time_budget),
+            clock=self.run.elapsed,
+            eval_every=eval_every,
+            save_every=save_every,
+            cap=cap,
+        )
+        self._budget_unit, self._updates_per_unit = unit, updates_per_unit
+        fixed = self.state.extra.get("time_budget")
+        if fixed is None:
+            return total
+        self.budget.step_seconds = float(fixed["unit_seconds"])
+        self.relay_schedule(int(fixed["units"]) * updates_per_unit)
+        return int(fixed["units"])
+
+    def after_budgeted_unit(self, done: int, total: int) -> int:
+        """After each unit: the number of units to run from now on. Once the first units
+        are measured, the length that fits the budget (the schedule laid out over it);
+        later, ``done`` if the budget is spent. Without a budget, ``total``."""
+        budget = self.budget
+        if budget is None:
+            return total
+        fixed = budget.after_step(done)
+        unit = self._budget_unit
+        if fixed is not None:
+            self.relay_schedule(fixed * self._updates_per_unit)
+            self.state.extra["time_budget"] = {"units": fixed, "unit_seconds": budget.step_seconds}
+            self.run.log_event(
+                "time_budget",
+                self.state.step,
+                f"{fixed} {unit} fit the budget of {budget.seconds:.0f} s "
+                f"({budget.step_seconds:.3f} s each, measured)",
+                units=fixed,
+                unit=unit,
+                unit_seconds=budget.step_seconds,
+                budget_seconds=budget.seconds,
+            )
+            return fixed
+        if done < total and budget.spent():
+            self.run.log_event(
+                "time_budget",
+                self.state.step,
+                f"stopped after {done} of {total} {unit}: the time budget is spent",
+                units=done,
+                unit=unit,
+                budget_seconds=budget.seconds,
+            )
+            return done
+        return total
+
+    def timed(self, kind: str) -> contextlib.AbstractContextManager:
+        """Time an evaluation (``kind="eval"``) or a checkpoint (``"save"``) for the budget."""
+        return self.budget.timed(kind) if self.budget is not None else contextlib.nullcontext()
 
     def register_state(self, name: str, obj: Stateful) -> None:
         """Save ``obj.state_dict()`` in every checkpoint (``extra/<name>.pt``) and restore it on resume.
@@ -464,7 +555,7 @@ class Engine:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.timed("eval"):
                 metrics = eval_fn(model) or {}
         finally:
             model.train(was_training)
@@ -481,6 +572,10 @@ class Engine:
         ``rng_state_<rank>.pt`` (one per process), ``extra/<name>.pt`` (registered state),
         ``trainer_state.json`` (:class:`TrainState`).
         """
+        with self.timed("save"):
+            return self._save_checkpoint()
+
+    def _save_checkpoint(self) -> Path:
         acc = self.accelerator
         step = self.state.step
         tmp = self.checkpoints.tmp_path_for(step)
@@ -609,7 +704,9 @@ class Engine:
         records with ``eval_*`` keys), ``events.jsonl``, ``tensorboard/``,
         ``checkpoints/step-N/`` every ``save_every`` updates and at the end, and the final
         weights in ``model/``. With ``cfg.resume`` it continues from the latest checkpoint:
-        same data order (seeded per epoch), already-consumed batches skipped.
+        same data order (seeded per epoch), already-consumed batches skipped. With
+        ``cfg.time_budget`` the number of steps is fixed after a few measured ones
+        (:mod:`alignkit.train.time_budget`).
         """
         cfg = self.cfg
         acc = self.accelerator
@@ -631,6 +728,12 @@ class Engine:
                     f"(was {saved}, now {data_key}); use the same settings or a new --output_dir"
                 )
         self.state.extra["data"] = data_key
+        total = self.start_time_budget(
+            total,
+            eval_every=cfg.eval_every if eval_fn is not None else 0,
+            save_every=cfg.save_every,
+            cap=cfg.max_steps,
+        )
 
         def epoch_float() -> float:
             return self.state.epoch + self.state.batch_in_epoch / per_epoch
@@ -672,6 +775,8 @@ class Engine:
                     if not result.stepped:
                         continue
                     step = self.state.step
+                    total = self.after_budgeted_unit(step, total)
+                    bar.total = total
                     if step % cfg.log_every == 0 or step == total:
                         self.log_step_metrics(epoch=epoch_float())
                     if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0:

@@ -114,6 +114,14 @@ class OnlineLoop:
             engine.register_state("reward_normalizer", self.scorer.normalizer)
         if cfg.resume:
             engine.resume()
+        self.total_iterations = engine.start_time_budget(
+            self.total_iterations,
+            unit="iterations",
+            updates_per_unit=updates_per_iteration,
+            eval_every=cfg.eval_every if self.eval_prompts else 0,
+            save_every=cfg.save_every,
+            cap=cfg.max_steps,
+        )
         self.iteration = int(engine.state.extra.get("iteration", 0))
         self.last_record: dict[str, Any] = {}
         self.eval_metrics: dict[str, Any] = {}
@@ -169,6 +177,8 @@ class OnlineLoop:
         cfg, engine = self.cfg, self.engine
         self.iteration += 1
         engine.state.extra["iteration"] = self.iteration
+        self.total_iterations = engine.after_budgeted_unit(self.iteration, self.total_iterations)
+        self.bar.total = self.total_iterations
         # β as this iteration used it; the controller then moves it for the next one
         metrics = metrics | {
             "objective/beta": self.kl_controller.value,
@@ -211,16 +221,17 @@ class OnlineLoop:
     def evaluate(self) -> None:
         """Answer the held-out prompts greedily and log their scores."""
         cfg = self.cfg
-        metrics = score_greedy_answers(
-            self.policy,
-            self.tokenizer,
-            self.eval_prompts,
-            cfg.sampling_config(),
-            self.scorer.reward_fn,
-            self.scorer.gold_fn,
-            batch_size=cfg.batch_size,
-            max_prompt_length=cfg.max_prompt_length,
-        )
+        with self.engine.timed("eval"):
+            metrics = score_greedy_answers(
+                self.policy,
+                self.tokenizer,
+                self.eval_prompts,
+                cfg.sampling_config(),
+                self.scorer.reward_fn,
+                self.scorer.gold_fn,
+                batch_size=cfg.batch_size,
+                max_prompt_length=cfg.max_prompt_length,
+            )
         self.eval_metrics = self.engine.log(metrics, reduce=False)
 
     def rollback(self, decision: GuardDecision) -> None:
@@ -235,9 +246,12 @@ class OnlineLoop:
             engine.run.log_event("stop", engine.state.step, message, reason="guard")
             raise UserError(message + "; raise --keep-last-checkpoints")
         guard_state = self.guard.state_dict()  # the guard's own memory survives the rewind
+        budgeted = engine.state.extra.get("time_budget")  # and so does a budgeted length
         beta_before, from_step = self.kl_controller.value, engine.state.step
         engine.load_checkpoint(path)
         self.guard.load_state_dict(guard_state)
+        if budgeted is not None:
+            engine.state.extra["time_budget"] = budgeted
         self.kl_controller.value = decision.beta_after_rollback(
             beta_before, self.kl_controller.value
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from alignkit.options import ConfigValueError, option
+from alignkit.train.time_budget import parse_duration
 
 
 @dataclass
@@ -35,6 +36,12 @@ class TrainConfig:
         None, "Optimizer steps to train for; none = num_epochs passes over the data.", min=1
     )
     num_epochs: int = option(1, "Passes over the training data (when max_steps is none).", min=1)
+    time_budget: str | None = option(
+        None,
+        "Wall-clock budget (90s, 10m, 1.5h): after a few measured steps the run fixes its "
+        "length to end within it — more than one epoch if the time allows, at most max_steps "
+        "when set — and lays the schedule out over that length.",
+    )
     seed: int = option(42, "Random seed (model init, data order, sampling).", min=0)
 
     # optimizer and schedule
@@ -111,6 +118,11 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Cross-field checks; raises ConfigValueError(key, message)."""
+        if self.time_budget is not None:
+            try:
+                parse_duration(self.time_budget)
+            except ValueError as exc:
+                raise ConfigValueError("time_budget", str(exc)) from None
         if self.max_prompt_length >= self.max_length:
             raise ConfigValueError(
                 "max_prompt_length",

@@ -325,3 +325,36 @@ def test_critic_learning_rate_is_its_own_and_survives_a_rollback(tmp_path, rewar
     )
     peaks = sorted(set(trainer.engine.scheduler.base_lrs))
     assert peaks == [5e-4, 2e-3]
+
+
+def test_grpo_with_a_time_budget_fixes_its_iterations_and_schedule(tmp_path, rewards, monkeypatch):
+    """An online run under --time-budget: iterations measured, then fixed; the schedule is
+    laid out over them. Time is a fake clock: 5 s an iteration (one update each)."""
+    from alignkit.train.engine import Engine
+
+    start = Engine.start_time_budget
+
+    def with_fake_clock(engine, *args, **kwargs):
+        engine.run.elapsed = lambda: 5.0 * engine.state.step
+        return start(engine, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "start_time_budget", with_fake_clock)
+    cfg = GRPOConfig(
+        **settings(
+            tmp_path,
+            rewards,
+            batch_size=2,
+            num_generations=2,
+            time_budget="100s",
+            lr_scheduler="linear",
+        )
+    )
+    result = GRPOTrainer(cfg).train()
+    # fixed after iteration 4 (20 s gone, 5 s margin): 4 + floor(75 / 5) = 19 iterations
+    assert result.steps == 19 and result.optimizer_steps == 19
+    rows = metrics(cfg)
+    assert rows[-1]["iteration"] == 19 and rows[-1]["lr"] < 0.1 * cfg.learning_rate
+    events = [
+        e for e in read_jsonl(f"{cfg.output_dir}/events.jsonl") if e["event"] == "time_budget"
+    ]
+    assert events[0]["units"] == 19 and events[0]["unit"] == "iterations"

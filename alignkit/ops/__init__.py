@@ -7,7 +7,7 @@ from .advantages import (
     rloo_advantages,
     segment_weights,
 )
-from .kl_estimators import kl_estimate, kl_k1, kl_k2, kl_k3
+from .kl_estimators import kl_estimate, kl_from_logits, kl_k1, kl_k2, kl_k3
 from .logprobs import entropy_from_logits, sequence_logprobs, token_logprobs
 from .losses import (
     bradley_terry_loss,
@@ -30,6 +30,7 @@ __all__ = [
     "group_normalized_advantages",
     "grpo_loss",
     "kl_estimate",
+    "kl_from_logits",
     "kl_k1",
     "kl_k2",
     "kl_k3",

@@ -103,6 +103,26 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from alignkit.eval.command import run_eval
+
+    run_eval(
+        policies=args.policy,
+        baselines=args.baseline,
+        prompts=args.prompts,
+        judge=args.judge,
+        reward_model=args.reward_model,
+        reference=args.reference,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        interval=args.interval,
+        seed=args.seed,
+        output=args.output,
+    )
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alignkit.demo import run_demo
 
@@ -153,6 +173,44 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     chat.add_argument("--seed", type=int, default=0)
     chat.set_defaults(handler=_cmd_chat)
+
+    evaluate = sub.add_parser(
+        "eval", help="compare policies on held-out prompts: gold, win rate, KL, per group"
+    )
+    evaluate.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        metavar="NAME=MODEL",
+        help="a policy to evaluate (model name or folder); repeat for each",
+    )
+    evaluate.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a --policy name to win against (repeatable; default: the first policy)",
+    )
+    evaluate.add_argument("--prompts", default="demo", help="prompt file, or `demo`")
+    evaluate.add_argument(
+        "--judge",
+        default="demo",
+        help="the gold judge: `demo` (the demo task's rules) or module:function / file.py:function",
+    )
+    evaluate.add_argument("--reward-model", default=None, help="also score with this reward model")
+    evaluate.add_argument(
+        "--reference",
+        default=None,
+        help="KL is measured to this (a --policy name or a model; default the first baseline; "
+        "`none` to skip)",
+    )
+    evaluate.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    evaluate.add_argument("--max-new-tokens", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--interval", choices=["wilson", "bootstrap"], default="wilson")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--output", default=None, help="write every figure to this JSON file")
+    evaluate.set_defaults(handler=_cmd_eval)
 
     demo = sub.add_parser("demo", help="the main job on the default model, end to end")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or .gguf")

@@ -17,6 +17,7 @@ Keys (all optional, but at least one source of reward is needed)::
       evasion: {weight: 0.5, phrases: ["i can't answer", ...]}
       diversity: {weight: 0.05, n: 2}
     demo_judge: {weight: 1.0}        # the demo task's rule-based judge (or `true`) → "gold"
+    gold_judge: {prompts: FILE, weight: 1.0}   # the pipeline task's judge → "gold"
     batch_size: 8                    # reward-model scoring batch
     max_length: 512                  # reward-model input length (tokens)
 
@@ -29,11 +30,13 @@ The result is a `CompositeReward` whose parts are named as above, so a rollout l
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from alignkit.errors import UserError
 from alignkit.rewards.base import RewardFunction
 from alignkit.rewards.combine import COMBINE_RULES, CompositeReward, RewardEnsemble
+from alignkit.rewards.gold_judge import GoldJudge
 from alignkit.rewards.judge import DemoJudge
 from alignkit.rewards.model import RewardModelScorer
 from alignkit.rewards.normalize import RewardNormalizer
@@ -55,6 +58,7 @@ REWARD_KEYS = (
     "reward_functions",
     "shaping",
     "demo_judge",
+    "gold_judge",
     "batch_size",
     "max_length",
     "normalize",
@@ -131,10 +135,21 @@ def build_reward(
         weight = float(options.pop("weight", 1.0))
         components.append(("gold", DemoJudge.from_demo_data(**options), weight))
 
+    gold = config.get("gold_judge")
+    if gold:
+        if not isinstance(gold, Mapping) or "prompts" not in gold:
+            raise UserError("reward config 'gold_judge' needs {prompts: FILE}, the task's prompts")
+        _check_keys("gold_judge", gold, ("prompts", "weight"))
+        if not Path(gold["prompts"]).is_file():
+            raise UserError(f"gold_judge prompts not found: {gold['prompts']}")
+        components.append(
+            ("gold", GoldJudge.from_file(gold["prompts"]), float(gold.get("weight", 1.0)))
+        )
+
     if not components:
         raise UserError(
             "reward config has no reward: set reward_model, ensemble, reward_functions, "
-            "shaping or demo_judge"
+            "shaping, demo_judge or gold_judge"
         )
     names = [name for name, _, _ in components]
     clashes = sorted({n for n in names if names.count(n) > 1})

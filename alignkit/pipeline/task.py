@@ -1,0 +1,147 @@
+"""The pipeline's demo task: everyday, factual and "explain it to a five-year-old"
+questions, asked by two user groups that want different answers.
+
+* ``plain``: a short, plain answer (at most 25 words, no list of steps);
+* ``steps``: a step-by-step explanation (25 to 90 words, with its steps marked).
+
+Every question is asked by both groups, so what is a good answer follows from who asks (the
+group's instruction is the prompt's system message). Factual questions carry a reference
+answer a rule can check; the others carry topic words an on-topic answer uses. The gold
+judge (:mod:`alignkit.rewards.gold_judge`) scores answers from these; it stands in for the
+people of the seeds and is watched, never optimised.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+SEED = 2026
+
+
+@dataclass(frozen=True)
+class GroupStyle:
+    """What one user group wants."""
+
+    instruction: str  # the system message its prompts open with
+    min_words: int
+    max_words: int
+    wants_steps: bool
+
+
+GROUPS: dict[str, GroupStyle] = {
+    "plain": GroupStyle(
+        "The user wants a short, plain answer, in a sentence or two.", 1, 25, False
+    ),
+    "steps": GroupStyle(
+        "The user wants a step-by-step explanation: first, then, next, finally.", 25, 90, True
+    ),
+}
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    question: str
+    group: str
+    kind: str  # arithmetic | capital | explain | everyday
+    answer: str | None = None  # a reference answer a correct reply contains
+    keywords: tuple[str, ...] = ()  # words an on-topic reply uses (any one of them)
+
+    def record(self) -> dict:
+        """The row of a prompt file: conversational prompt, group, and what the judge needs."""
+        style = GROUPS[self.group]
+        return {
+            "prompt": [
+                {"role": "system", "content": style.instruction},
+                {"role": "user", "content": self.question},
+            ],
+            "group": self.group,
+            "min_words": style.min_words,
+            "max_words": style.max_words,
+            "wants_steps": style.wants_steps,
+            "kind": self.kind,
+            "answer": self.answer,
+            "keywords": list(self.keywords),
+        }
+
+
+CAPITALS = [
+    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"),
+    ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
+    ("Norway", "Oslo"), ("Greece", "Athens"), ("Ireland", "Dublin"), ("Poland", "Warsaw"),
+    ("Austria", "Vienna"), ("Canada", "Ottawa"), ("Portugal", "Lisbon"), ("Chile", "Santiago"),
+]  # fmt: skip
+
+EXPLAIN = {
+    "photosynthesis": ("plant", "plants", "sun", "sunlight", "light", "leaf", "leaves", "food"),
+    "rain": ("cloud", "clouds", "water", "drops", "sky", "fall"),
+    "a rainbow": ("light", "sun", "colors", "colours", "rain", "drops"),
+    "gravity": ("pull", "pulls", "fall", "earth", "ground", "down"),
+    "why we sleep": ("rest", "body", "brain", "tired", "energy", "night"),
+    "how a plane flies": ("wings", "air", "lift", "engine", "fly"),
+    "the moon's phases": ("moon", "sun", "light", "shadow", "earth"),
+    "what a computer does": ("instructions", "program", "numbers", "data", "screen"),
+    "why the sea is salty": ("salt", "rivers", "rocks", "water", "minerals"),
+    "how a seed grows": ("water", "soil", "roots", "sun", "plant", "grow"),
+    "thunder": ("lightning", "sound", "air", "loud", "storm"),
+    "the seasons": ("earth", "sun", "tilt", "summer", "winter"),
+}
+
+EVERYDAY = {
+    "How do I boil an egg?": ("water", "boil", "minutes", "pot", "egg"),
+    "How do I make a cup of tea?": ("water", "boil", "tea", "bag", "cup", "minutes"),
+    "How do I wash my hands properly?": ("soap", "water", "seconds", "rinse", "dry"),
+    "How can I fall asleep faster?": ("screen", "dark", "bed", "routine", "relax", "caffeine"),
+    "How do I plant a tomato?": ("soil", "water", "sun", "pot", "seed", "plant"),
+    "How do I save money each month?": ("budget", "spend", "save", "account", "expenses"),
+    "How do I change a flat bike tyre?": ("tube", "tyre", "tire", "pump", "wheel", "patch"),
+    "How do I write a thank-you note?": ("thank", "dear", "note", "gift", "name"),
+    "How do I keep a houseplant alive?": ("water", "light", "soil", "pot", "sun"),
+    "How do I clean a frying pan?": ("water", "soap", "sponge", "hot", "dry"),
+    "How do I prepare for a job interview?": ("research", "practice", "questions", "company"),
+    "How do I cook rice?": ("water", "rice", "boil", "minutes", "simmer", "pot"),
+}
+
+
+def build_task(arithmetic: int = 60, seed: int = SEED) -> list[TaskPrompt]:
+    """The task's prompts, each question once per group; deterministic in `seed`.
+
+    With the defaults: 60 sums and differences, 16 capitals, 12 explanations, 12 everyday
+    questions, each for both groups: 200 prompts."""
+    rng = random.Random(seed)
+    questions: list[tuple[str, str, str | None, tuple[str, ...]]] = []
+    sums: dict[str, str] = {}
+    while len(sums) < arithmetic:  # distinct questions
+        a, b = rng.randint(2, 49), rng.randint(2, 49)
+        if rng.random() < 0.5:
+            sums.setdefault(f"What is {a} + {b}?", str(a + b))
+        else:
+            a, b = max(a, b), min(a, b)
+            sums.setdefault(f"What is {a} - {b}?", str(a - b))
+    questions += [(q, "arithmetic", answer, ()) for q, answer in sums.items()]
+    for country, capital in CAPITALS:
+        questions.append((f"What is the capital of {country}?", "capital", capital, ()))
+    for topic, words in EXPLAIN.items():
+        questions.append((f"Explain {topic} to a five-year-old.", "explain", None, words))
+    for question, words in EVERYDAY.items():
+        questions.append((question, "everyday", None, words))
+    prompts = [
+        TaskPrompt(q, group, kind, answer, words)
+        for q, kind, answer, words in questions
+        for group in GROUPS
+    ]
+    rng.shuffle(prompts)
+    return prompts
+
+
+def split_task(
+    prompts: list[TaskPrompt], held_out: float = 0.25, seed: int = SEED
+) -> tuple[list[TaskPrompt], list[TaskPrompt]]:
+    """Train and held-out prompts. A question's two groups stay on the same side, so a
+    held-out question was never seen in training by either group."""
+    questions = sorted({p.question for p in prompts})
+    random.Random(seed + 1).shuffle(questions)
+    test = set(questions[: round(held_out * len(questions))])
+    return [p for p in prompts if p.question not in test], [
+        p for p in prompts if p.question in test
+    ]

@@ -123,6 +123,22 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from alignkit.pipeline.run import STAGES, Pipeline, config_for
+
+    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+    cfg = config_for(
+        args.preset,
+        model=args.model,
+        output_dir=args.output_dir,
+        stage_steps=args.max_steps,
+        seed=args.seed,
+        stages=stages,
+    )
+    Pipeline(cfg).run()
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alignkit.demo import run_demo
 
@@ -211,6 +227,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--output", default=None, help="write every figure to this JSON file")
     evaluate.set_defaults(handler=_cmd_eval)
+
+    pipeline = sub.add_parser(
+        "pipeline", help="the whole RLHF story: feedback, SFT, RM, PPO/GRPO/DPO, hacking, eval"
+    )
+    pipeline.add_argument("--preset", choices=["quick", "full"], default="quick")
+    pipeline.add_argument("--model", default=None, help="starting model (default: the default)")
+    pipeline.add_argument(
+        "--output-dir", default=None, help="pipeline folder (default: runs/pipeline-<time>)"
+    )
+    pipeline.add_argument("--stages", default=None, help="comma-separated subset of the stages")
+    pipeline.add_argument(
+        "--max-steps", type=int, default=None, help="cap every trainer at N steps (to try it out)"
+    )
+    pipeline.add_argument("--seed", type=int, default=None)
+    pipeline.set_defaults(handler=_cmd_pipeline)
 
     demo = sub.add_parser("demo", help="the main job on the default model, end to end")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or .gguf")

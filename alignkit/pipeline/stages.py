@@ -1,0 +1,385 @@
+"""The pipeline's stages, each a plain function of the pipeline: it reads the folders of
+the stages before it and writes its own (see :mod:`alignkit.pipeline.run`)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from alignkit.pipeline.run import read_jsonl, write_jsonl
+
+if TYPE_CHECKING:
+    from alignkit.pipeline.run import Pipeline
+
+
+def _assistant(text: str) -> list[dict[str, str]]:
+    return [{"role": "assistant", "content": text}]
+
+
+def _judge(p: Pipeline):
+    from alignkit.rewards.gold_judge import GoldJudge
+
+    return GoldJudge.from_file(p.folder("task") / "all.jsonl")
+
+
+def _gold_section(p: Pipeline) -> dict[str, Any]:
+    return {"gold_judge": {"prompts": str(p.folder("task") / "all.jsonl")}}
+
+
+def _model(p: Pipeline, stage: str) -> str:
+    return str(p.folder(stage) / "run" / "model")
+
+
+# ----------------------------------------------------------------------------- 1. task
+
+
+def stage_task(p: Pipeline) -> dict[str, Any]:
+    from alignkit.pipeline.task import build_task, split_task
+
+    prompts = build_task(arithmetic=p.cfg.arithmetic, seed=2026 + p.cfg.seed)
+    train, held_out = split_task(prompts, p.cfg.held_out)
+    write_jsonl(p.folder("task") / "train.jsonl", [t.record() for t in train])
+    write_jsonl(p.folder("task") / "heldout.jsonl", [t.record() for t in held_out])
+    write_jsonl(p.folder("task") / "all.jsonl", [t.record() for t in prompts])
+    return {"train": len(train), "held_out": len(held_out)}
+
+
+# ----------------------------------------------------------------------------- 2. feedback
+
+
+def _sample_answers(p: Pipeline, rows: list[dict]) -> list[list[str]]:
+    """`samples_per_prompt` answers per prompt from the base policy (temperature 1)."""
+    from tqdm.auto import tqdm
+
+    from alignkit.models import load_causal_lm
+    from alignkit.rollout.sampling import SamplingConfig, sample
+
+    model, tokenizer = load_causal_lm(p.cfg.model, seed=p.cfg.seed)
+    config = SamplingConfig(max_new_tokens=p.cfg.max_new_tokens, temperature=1.0, do_sample=True)
+    k, size = p.cfg.samples_per_prompt, p.cfg.batch_size
+    answers: list[list[str]] = []
+    for start in tqdm(range(0, len(rows), size), desc="sampling answers"):
+        chunk = [r["prompt"] for r in rows[start : start + size]]
+        texts = sample(
+            model, tokenizer, chunk, config, num_samples=k, seed=p.cfg.seed + start
+        ).texts
+        answers += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]
+    return answers
+
+
+def _two_distinct(answers: list[str]) -> tuple[str, str] | None:
+    usable = list(dict.fromkeys(a.strip() for a in answers if a.strip()))
+    return (usable[0], usable[1]) if len(usable) >= 2 else None
+
+
+def stage_feedback(p: Pipeline) -> dict[str, Any]:
+    from alignkit.feedback.agreement import agreement_summary
+    from alignkit.feedback.consensus import consensus
+    from alignkit.feedback.simulated import DEFAULT_PANEL, PairItem, simulate_labels
+    from alignkit.rewards.text import length_in_words
+
+    judge, out = _judge(p), p.folder("feedback")
+    samples = {}
+    for split in ("train", "heldout"):
+        rows = read_jsonl(p.folder("task") / f"{split}.jsonl")
+        answers = _sample_answers(p, rows)
+        gold = [
+            judge([r["prompt"]] * len(a), a).scores.tolist()
+            for r, a in zip(rows, answers, strict=True)
+        ]
+        samples[split] = [
+            {"prompt": r["prompt"], "group": r["group"], "answers": a, "gold": g}
+            for r, a, g in zip(rows, answers, gold, strict=True)
+        ]
+        write_jsonl(out / f"samples_{split}.jsonl", samples[split])
+
+    # pairs: two distinct answers of each prompt, labelled by the simulated panel
+    pairs, items = {}, []
+    for i, row in enumerate(samples["train"]):
+        two = _two_distinct(row["answers"])
+        if two is None:
+            continue
+        a, b = two
+        gold_a, gold_b = judge([row["prompt"]] * 2, [a, b]).scores.tolist()
+        pairs[str(i)] = (row, a, b)
+        items.append(PairItem(str(i), gold_a, gold_b, length_in_words(a), length_in_words(b)))
+    labels = simulate_labels(items, DEFAULT_PANEL, overlap=p.cfg.overlap, seed=p.cfg.seed)
+    write_jsonl(out / "labels.jsonl", [vars(label) for label in labels])
+    lengths = {it.item: (it.length_a, it.length_b) for it in items}
+    agreement = agreement_summary(labels, lengths=lengths)
+    (out / "agreement.json").write_text(json.dumps(agreement, indent=1), encoding="utf-8")
+    drop = agreement["flagged"] if p.cfg.drop_flagged else []
+    decided = consensus(labels, drop=drop)
+
+    def pair_row(item: str, choice: str, annotator: str) -> dict[str, Any]:
+        row, a, b = pairs[item]
+        chosen, rejected = (a, b) if choice == "a" else (b, a)
+        return {
+            "prompt": row["prompt"],
+            "chosen": _assistant(chosen),
+            "rejected": _assistant(rejected),
+            "group": row["group"],
+            "annotator": annotator,
+        }
+
+    write_jsonl(out / "pairs.jsonl", [pair_row(i, c, "consensus") for i, c in decided.items()])
+    lover = [
+        pair_row(label.item, label.choice, label.annotator)
+        for label in labels
+        if label.annotator == "length-lover" and label.choice in ("a", "b")
+    ]
+    write_jsonl(out / "pairs_length_lover.jsonl", lover)
+    # held-out pairs, preferred by the gold judge: how the reward model is checked
+    held_out_pairs = []
+    for row in samples["heldout"]:
+        two = _two_distinct(row["answers"])
+        if two is None:
+            continue
+        a, b = two
+        gold_a, gold_b = judge([row["prompt"]] * 2, [a, b]).scores.tolist()
+        if gold_a != gold_b:
+            chosen, rejected = (a, b) if gold_a > gold_b else (b, a)
+            held_out_pairs.append(
+                {
+                    "prompt": row["prompt"],
+                    "chosen": _assistant(chosen),
+                    "rejected": _assistant(rejected),
+                    "group": row["group"],
+                }
+            )
+    write_jsonl(out / "heldout_pairs.jsonl", held_out_pairs)
+    truth = {
+        it.item: "a" if it.gold_a > it.gold_b else "b" for it in items if it.gold_a != it.gold_b
+    }
+    agree = [decided[i] == truth[i] for i in decided if i in truth]
+    return {
+        "labels": len(labels),
+        "pairs": len(decided),
+        "length_lover_pairs": len(lover),
+        "heldout_pairs": len(held_out_pairs),
+        "flagged": agreement["flagged"],
+        "fleiss_kappa": agreement["fleiss_kappa"],
+        "krippendorff_alpha": agreement["krippendorff_alpha"],
+        "consensus_agrees_with_gold": sum(agree) / len(agree) if agree else None,
+    }
+
+
+# ----------------------------------------------------------------------------- 3–4. sft, rm
+
+
+def stage_sft(p: Pipeline) -> dict[str, Any]:
+    from alignkit.train.sft import SFTConfig, SFTTrainer
+
+    demos = []
+    for row in read_jsonl(p.folder("feedback") / "samples_train.jsonl"):
+        best = max(range(len(row["answers"])), key=lambda i: row["gold"][i])
+        if row["answers"][best].strip():
+            demos.append(
+                {
+                    "prompt": row["prompt"],
+                    "completion": _assistant(row["answers"][best]),
+                    "group": row["group"],
+                    "gold": row["gold"][best],
+                }
+            )
+    data = write_jsonl(p.folder("sft") / "demonstrations.jsonl", demos)
+    cfg = SFTConfig(
+        model=p.cfg.model,
+        dataset=str(data),
+        eval_fraction=0.0,
+        learning_rate=1e-5,
+        num_epochs=2,
+        **p.trainer_options("sft"),
+    )
+    result = SFTTrainer(cfg).train()
+    return {
+        "demonstrations": len(demos),
+        "demo_gold": sum(d["gold"] for d in demos) / len(demos),
+        "steps": result.steps,
+        "model": str(result.model_dir),
+    }
+
+
+def _reward_model(p: Pipeline, stage: str, pairs: str) -> dict[str, Any]:
+    from alignkit.train.reward import RewardConfig, RewardTrainer
+
+    cfg = RewardConfig(
+        model=_model(p, "sft"),
+        dataset=pairs,
+        eval_dataset=str(p.folder("feedback") / "heldout_pairs.jsonl"),
+        center_rewards_coefficient=0.01,
+        **p.trainer_options(stage)
+        | ({"output_dir": str(p.folder(stage) / "rm")} if stage == "hack" else {}),
+    )
+    result = RewardTrainer(cfg).train()
+    return {
+        "steps": result.steps,
+        "heldout_accuracy": result.eval_metrics.get("eval_accuracy"),
+        "model": str(result.model_dir),
+    }
+
+
+def stage_rm(p: Pipeline) -> dict[str, Any]:
+    return _reward_model(p, "rm", str(p.folder("feedback") / "pairs.jsonl"))
+
+
+# ----------------------------------------------------------------------------- 5. policies
+
+
+def stage_dpo(p: Pipeline) -> dict[str, Any]:
+    from alignkit.train.dpo import DPOConfig, DPOTrainer
+
+    cfg = DPOConfig(
+        model=_model(p, "sft"),
+        dataset=str(p.folder("feedback") / "pairs.jsonl"),
+        eval_fraction=0.0,
+        beta=0.1,
+        learning_rate=5e-6,
+        num_epochs=2,
+        **p.trainer_options("dpo"),
+    )
+    result = DPOTrainer(cfg).train()
+    return {"steps": result.steps, "model": str(result.model_dir)}
+
+
+def _online_common(p: Pipeline, stage: str) -> dict[str, Any]:
+    return {
+        "model": _model(p, "sft"),
+        "dataset": str(p.folder("task") / "train.jsonl"),
+        "eval_fraction": 0.0,
+        "max_new_tokens": p.cfg.max_new_tokens,
+        "gold_reward": _gold_section(p),
+        "rollouts_every": 5,
+        **p.trainer_options(stage),
+    }
+
+
+def stage_ppo(p: Pipeline) -> dict[str, Any]:
+    from alignkit.train.ppo import PPOConfig, PPOTrainer
+
+    cfg = PPOConfig(
+        reward_model=_model(p, "rm"),
+        reward={"shaping": {"evasion": {"weight": 0.5}}},
+        learning_rate=2e-6,
+        kl_coef=0.05,
+        kl_target=4.0,
+        kl_horizon=2000,
+        ppo_epochs=2,
+        num_minibatches=2,
+        **_online_common(p, "ppo"),
+    )
+    result = PPOTrainer(cfg).train()
+    return {
+        "iterations": result.steps,
+        "model": str(result.model_dir),
+        "rollbacks": result.rollbacks,
+    }
+
+
+def stage_grpo(p: Pipeline) -> dict[str, Any]:
+    from alignkit.train.grpo import GRPOConfig, GRPOTrainer
+
+    options = _online_common(p, "grpo") | {"batch_size": max(1, p.cfg.batch_size // 2)}
+    cfg = GRPOConfig(
+        reward_model=_model(p, "rm"),
+        reward={"shaping": {"evasion": {"weight": 0.5}}},
+        learning_rate=2e-6,
+        kl_coef=0.04,
+        num_generations=4,
+        **options,
+    )
+    result = GRPOTrainer(cfg).train()
+    return {
+        "iterations": result.steps,
+        "model": str(result.model_dir),
+        "rollbacks": result.rollbacks,
+    }
+
+
+# ----------------------------------------------------------------------------- 6. hack
+
+
+def stage_hack(p: Pipeline) -> dict[str, Any]:
+    """The proxy: a reward model trained on the length-loving annotator's labels alone.
+    GRPO optimises it with a small β while the guard watches gold against proxy."""
+    from alignkit.train.grpo import GRPOConfig, GRPOTrainer
+
+    proxy = _reward_model(p, "hack", str(p.folder("feedback") / "pairs_length_lover.jsonl"))
+    options = _online_common(p, "hack") | {
+        "batch_size": max(1, p.cfg.batch_size // 2),
+        "save_every": 2,  # rollback needs good checkpoints
+        "keep_last_checkpoints": 4,
+    }
+    guard = {
+        "policy": "rollback",
+        "max_rollbacks": 2,
+        "rollback_beta_factor": 4.0,
+        "detectors": {
+            "proxy_gold_divergence": {"window_steps": 8},
+            "length_drift": {
+                "metric": "completions/mean_words",
+                "max_relative_change": 0.5,
+                "baseline_steps": 3,
+            },
+        },
+    }
+    cfg = GRPOConfig(
+        reward_model=proxy["model"],
+        learning_rate=1e-5,
+        kl_coef=0.001,
+        num_generations=4,
+        guard=guard,
+        **options,
+    )
+    result = GRPOTrainer(cfg).train()
+    events = read_jsonl(p.folder("hack") / "run" / "events.jsonl")
+    return {
+        "proxy_heldout_accuracy": proxy["heldout_accuracy"],
+        "iterations": result.steps,
+        "rollbacks": result.rollbacks,
+        "guard_events": [e for e in events if e["event"] in ("guard", "rollback", "stop")],
+        "model": str(result.model_dir),
+    }
+
+
+# ----------------------------------------------------------------------------- 7–8. eval, report
+
+
+def stage_eval(p: Pipeline) -> dict[str, Any]:
+    from alignkit.data import load_dataset_records
+    from alignkit.eval.compare import Policy, compare_policies
+    from alignkit.models import load_causal_lm
+    from alignkit.rewards import build_reward
+    from alignkit.rollout.sampling import SamplingConfig
+
+    prompts = load_dataset_records(str(p.folder("task") / "heldout.jsonl"), "prompt")
+    named = {"base": p.cfg.model, "sft": _model(p, "sft")}
+    for stage in ("dpo", "ppo", "grpo", "hack"):
+        if p.done(stage) is not None:
+            named[stage] = _model(p, stage)
+    policies = {
+        name: Policy(*load_causal_lm(path, seed=p.cfg.seed)) for name, path in named.items()
+    }
+    result = compare_policies(
+        policies,
+        prompts,
+        judge=_judge(p),
+        baselines=["sft", "base"],
+        reward_fn=build_reward({"reward_model": _model(p, "rm")}) if p.done("rm") else None,
+        reference=policies["sft"].model,
+        sampling=SamplingConfig(max_new_tokens=p.cfg.max_new_tokens),
+        batch_size=p.cfg.batch_size,
+        seed=p.cfg.seed,
+    )
+    result["policies"] = named
+    (p.folder("eval") / "eval.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return {
+        name: {k: m[k] for k in ("gold", "win_rate", "win_rate_low", "win_rate_high")}
+        for name, m in result["methods"].items()
+    }
+
+
+def stage_report(p: Pipeline) -> dict[str, Any]:
+    from alignkit.pipeline.report import write_report
+
+    return write_report(p)

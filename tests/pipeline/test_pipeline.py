@@ -1,0 +1,116 @@
+"""`alignkit pipeline` end to end on the tiny random model: every stage writes its folder,
+a half-finished pipeline continues where it stopped, and the report holds the table and
+the charts' data."""
+
+import json
+import re
+
+import pytest
+
+from alignkit.pipeline import stages
+from alignkit.pipeline.run import STAGES, Pipeline, PipelineConfig, config_for
+
+
+def tiny_config(tmp_path, **overrides):
+    values = dict(
+        model="tiny-random-llama",
+        output_dir=str(tmp_path / "pipe"),
+        arithmetic=4,
+        samples_per_prompt=3,
+        max_new_tokens=8,
+        stage_steps=2,
+        batch_size=4,
+    )
+    values.update(overrides)
+    return PipelineConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One whole pipeline, cut once after the dpo stage and run again to its end."""
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    cut = tiny_config(tmp_path, stages=STAGES[: STAGES.index("dpo") + 1])
+    first = Pipeline(cut).run()
+    pipeline = Pipeline(tiny_config(tmp_path))
+    return first, pipeline, pipeline.run()
+
+
+def test_every_stage_ran_and_wrote_its_folder(finished):
+    _, pipeline, results = finished
+    assert list(results) == list(STAGES)
+    for stage in ("sft", "rm", "dpo", "ppo", "grpo", "hack"):
+        assert (pipeline.folder(stage) / "run" / "model" / "config.json").is_file(), stage
+    feedback = results["feedback"]
+    labels = (pipeline.folder("feedback") / "labels.jsonl").read_text().splitlines()
+    assert feedback["labels"] == len(labels) > 0
+    assert feedback["pairs"] > 0 and feedback["heldout_pairs"] > 0
+    assert results["rm"]["heldout_accuracy"] is not None
+
+
+def test_a_rerun_skips_the_finished_stages(finished, capsys):
+    first, pipeline, results = finished
+    for stage in first:  # the stages of the cut run were not run again
+        assert results[stage]["seconds"] == first[stage]["seconds"]
+    again = Pipeline(pipeline.cfg).run()
+    assert again == results
+    assert "done before, skipped" in capsys.readouterr().out
+
+
+def test_the_summary_has_every_method_with_its_interval(finished):
+    _, pipeline, _ = finished
+    summary = json.loads((pipeline.root / "summary.json").read_text())
+    assert set(summary["methods"]) == {"base", "sft", "dpo", "ppo", "grpo", "hack"}
+    for name, m in summary["methods"].items():
+        assert {
+            "gold",
+            "win_rate",
+            "win_rate_low",
+            "win_rate_high",
+            "kl",
+            "mean_length",
+            "per_group",
+        } <= set(m), name
+        assert m["win_rate_low"] <= m["win_rate"] <= m["win_rate_high"]
+    assert summary["methods"]["sft"]["win_rate"] == 0.5  # against itself: every prompt a tie
+    assert summary["reward_model"]["heldout_accuracy"] is not None
+
+
+def test_the_report_opens_offline_and_holds_the_table_and_the_charts_data(finished):
+    _, pipeline, _ = finished
+    page = (pipeline.root / "report.html").read_text()
+    assert "cdn" not in page.lower().split("<script>", 1)[0]  # no external script
+    assert not re.search(r"<script[^>]+src=", page)
+    assert "Plotly.newPlot" in page and "plotly.js" in page.lower()
+    charts = {
+        m.group(1): json.loads(m.group(2).replace("<\\/", "</"))
+        for m in re.finditer(
+            r'<script type="application/json" data-chart="(\w+)">(.*?)</script>', page, re.S
+        )
+    }
+    assert {"methods", "groups", "hacking", "overoptimisation"} <= set(charts)
+    methods = charts["methods"]["data"][0]
+    assert methods["x"] == ["base", "sft", "dpo", "ppo", "grpo", "hack"]
+    assert "<th>policy</th>" in page and "Annotators" in page
+
+
+def test_model_text_is_escaped_in_the_report(finished, tmp_path):
+    _, pipeline, _ = finished
+    evaluation = json.loads((pipeline.folder("eval") / "eval.json").read_text())
+    evaluation["answers"][0]["sft"] = "<script>alert(1)</script>"
+    (pipeline.folder("eval") / "eval.json").write_text(json.dumps(evaluation))
+    from alignkit.pipeline.report import build_summary, render_html
+
+    page = render_html(pipeline, build_summary(pipeline))
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)" in page
+
+
+def test_presets_and_unknown_stages():
+    assert config_for("quick").stage_budget["dpo"] == "90s"
+    assert config_for("full", model="x").model == "x"
+    from alignkit.errors import UserError
+
+    with pytest.raises(UserError, match="preset"):
+        config_for("slow")
+    with pytest.raises(UserError, match="unknown stage"):
+        Pipeline(PipelineConfig(stages=("task", "magic")))
+    assert all(hasattr(stages, f"stage_{s}") for s in STAGES)

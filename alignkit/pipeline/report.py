@@ -54,8 +54,19 @@ def build_summary(p: Pipeline) -> dict[str, Any]:
     }
 
 
+def _titled(layout: dict) -> dict:
+    """plotly.js 3 wants every title as {text: ...}."""
+    out = dict(layout)
+    for key, value in layout.items():
+        if key == "title" and isinstance(value, str):
+            out[key] = {"text": value}
+        elif key.startswith(("xaxis", "yaxis")) and isinstance(value, dict):
+            out[key] = _titled(value)
+    return out
+
+
 def _chart(chart_id: str, data: list[dict], layout: dict) -> str:
-    spec = json.dumps({"data": data, "layout": layout}).replace("</", "<\\/")
+    spec = json.dumps({"data": data, "layout": _titled(layout)}).replace("</", "<\\/")
     return (
         f'<div class="chart" id="{chart_id}"></div>'
         f'<script type="application/json" data-chart="{chart_id}">{spec}</script>'
@@ -261,11 +272,11 @@ def render_html(p: Pipeline, summary: dict[str, Any]) -> str:
         events = read_jsonl(p.folder("hack") / "run" / "events.jsonl")
         sections += ["<h2>A reward-hacking episode</h2>", _hacking_chart(hack_rows, events)]
         acted = [e for e in events if e["event"] in ("rollback", "stop")]
-        sections.append(
-            _table(
-                ["step", "event", "what"], [[e["step"], e["event"], e["message"]] for e in acted]
-            )
-        )
+        if acted:
+            rows = [[e["step"], e["event"], e["message"]] for e in acted]
+            sections.append(_table(["step", "event", "what"], rows))
+        else:
+            sections.append("<p>The guard took no action in this run.</p>")
     runs = {s: _metrics(p.folder(s) / "run" / "metrics.jsonl") for s in ("ppo", "grpo", "hack")}
     if any(runs.values()):
         sections.append(_overoptimisation_chart({k: v for k, v in runs.items() if v}))

@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--judge",
         default="demo",
-        help="the gold judge: `demo` (the demo task's rules) or module:function / file.py:function",
+        help="the gold judge: `demo` (the demo task's rules), `gold:PROMPTS.jsonl` (the "
+        "pipeline task's judge), or module:function / file.py:function",
     )
     evaluate.add_argument("--reward-model", default=None, help="also score with this reward model")
     evaluate.add_argument(

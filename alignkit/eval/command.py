@@ -32,9 +32,14 @@ def parse_policies(specs: Sequence[str]) -> dict[str, str]:
 
 
 def judge_config(spec: str) -> dict[str, Any]:
-    """`demo` → the demo task's rule-based judge; anything else names a Python function
+    """`demo` → the demo task's rule-based judge; `gold:FILE` → the pipeline task's gold
+    judge for the prompts in FILE; anything else names a Python function
     (`module:function` or `file.py:function`) that scores (prompts, responses)."""
-    return {"demo_judge": True} if spec == DEMO else {"reward_functions": [spec]}
+    if spec == DEMO:
+        return {"demo_judge": True}
+    if spec.startswith("gold:"):
+        return {"gold_judge": {"prompts": spec.removeprefix("gold:")}}
+    return {"reward_functions": [spec]}
 
 
 def run_eval(

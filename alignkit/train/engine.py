@@ -298,8 +298,9 @@ class Engine:
         peak(s), the updates already done kept. The next update uses the new curve."""
         if self.scheduler is None:
             raise RuntimeError("call set_total_steps() before relay_schedule()")
-        peaks = list(self.scheduler.base_lrs)
+        peaks, last_lr = list(self.scheduler.base_lrs), self._last_lr
         self.set_total_steps(max(total_steps, 1))
+        self._last_lr = last_lr  # the update just done used the old curve
         self.scheduler.base_lrs = peaks
         self.scheduler.last_epoch = self.state.step
         self._apply_schedule()

@@ -32,3 +32,11 @@ def test_eval_mistakes_are_one_line(capsys):
     assert "--baseline 'y'" in err and err.count("\n") == 1
     assert main(["eval", "--policy", "x=tiny-random-llama", "--policy", "x=tiny-random-llama"]) == 2
     assert "twice" in capsys.readouterr().err
+
+
+def test_judge_specs():
+    from alignkit.eval.command import judge_config
+
+    assert judge_config("demo") == {"demo_judge": True}
+    assert judge_config("gold:task/all.jsonl") == {"gold_judge": {"prompts": "task/all.jsonl"}}
+    assert judge_config("mod:f") == {"reward_functions": ["mod:f"]}

@@ -100,6 +100,9 @@ def test_a_budgeted_run_trains_for_what_fits_over_several_epochs(tmp_path):
     expected = cfg.learning_rate * lr_multiplier(37, warmup=warmup, total=38, kind="linear")
     assert records[-1]["lr"] == pytest.approx(expected)
     assert records[-1]["lr"] < 0.05 * cfg.learning_rate
+    # the first 4 updates followed the planned one-epoch schedule (4 steps, 2 of warm-up):
+    # the 4th used λ(3) = 1 − (3 − 2)/(4 − 2) = ½, and its record says so
+    assert records[3]["lr"] == pytest.approx(0.5 * cfg.learning_rate)
     event = [e for e in read_jsonl(tmp_path / "events.jsonl") if e["event"] == "time_budget"]
     assert event[0]["units"] == 38 and event[0]["unit_seconds"] == pytest.approx(5.0)
 

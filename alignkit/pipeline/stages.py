@@ -242,6 +242,17 @@ def stage_dpo(p: Pipeline) -> dict[str, Any]:
     return {"steps": result.steps, "model": str(result.model_dir)}
 
 
+SHAPING = {"shaping": {"evasion": {"weight": 0.5}}}  # the seeds' penalty for refusing
+
+
+def _online_summary(result: Any) -> dict[str, Any]:
+    return {
+        "iterations": result.steps,
+        "model": str(result.model_dir),
+        "rollbacks": result.rollbacks,
+    }
+
+
 def _online_common(p: Pipeline, stage: str) -> dict[str, Any]:
     return {
         "model": _model(p, "sft"),
@@ -259,7 +270,7 @@ def stage_ppo(p: Pipeline) -> dict[str, Any]:
 
     cfg = PPOConfig(
         reward_model=_model(p, "rm"),
-        reward={"shaping": {"evasion": {"weight": 0.5}}},
+        reward=SHAPING,
         learning_rate=2e-6,
         kl_coef=0.05,
         kl_target=4.0,
@@ -268,12 +279,7 @@ def stage_ppo(p: Pipeline) -> dict[str, Any]:
         num_minibatches=2,
         **_online_common(p, "ppo"),
     )
-    result = PPOTrainer(cfg).train()
-    return {
-        "iterations": result.steps,
-        "model": str(result.model_dir),
-        "rollbacks": result.rollbacks,
-    }
+    return _online_summary(PPOTrainer(cfg).train())
 
 
 def stage_grpo(p: Pipeline) -> dict[str, Any]:
@@ -282,18 +288,13 @@ def stage_grpo(p: Pipeline) -> dict[str, Any]:
     options = _online_common(p, "grpo") | {"batch_size": max(1, p.cfg.batch_size // 2)}
     cfg = GRPOConfig(
         reward_model=_model(p, "rm"),
-        reward={"shaping": {"evasion": {"weight": 0.5}}},
+        reward=SHAPING,
         learning_rate=2e-6,
         kl_coef=0.04,
         num_generations=4,
         **options,
     )
-    result = GRPOTrainer(cfg).train()
-    return {
-        "iterations": result.steps,
-        "model": str(result.model_dir),
-        "rollbacks": result.rollbacks,
-    }
+    return _online_summary(GRPOTrainer(cfg).train())
 
 
 # ----------------------------------------------------------------------------- 6. hack

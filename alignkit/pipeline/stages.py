@@ -67,9 +67,11 @@ def _sample_answers(p: Pipeline, rows: list[dict]) -> list[list[str]]:
     return answers
 
 
-def _two_distinct(answers: list[str]) -> tuple[str, str] | None:
+def _answer_pairs(answers: list[str]) -> list[tuple[str, str]]:
+    """The prompt's distinct non-empty answers, paired in the order they were sampled
+    (1st with 2nd, 3rd with 4th, ...): each answer is shown in one pair only."""
     usable = list(dict.fromkeys(a.strip() for a in answers if a.strip()))
-    return (usable[0], usable[1]) if len(usable) >= 2 else None
+    return [(usable[k], usable[k + 1]) for k in range(0, len(usable) - 1, 2)]
 
 
 def stage_feedback(p: Pipeline) -> dict[str, Any]:
@@ -93,16 +95,14 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
         ]
         write_jsonl(out / f"samples_{split}.jsonl", samples[split])
 
-    # pairs: two distinct answers of each prompt, labelled by the simulated panel
+    # pairs of distinct answers of each prompt, labelled by the simulated panel
     pairs, items = {}, []
     for i, row in enumerate(samples["train"]):
-        two = _two_distinct(row["answers"])
-        if two is None:
-            continue
-        a, b = two
-        gold_a, gold_b = judge([row["prompt"]] * 2, [a, b]).scores.tolist()
-        pairs[str(i)] = (row, a, b)
-        items.append(PairItem(str(i), gold_a, gold_b, length_in_words(a), length_in_words(b)))
+        for k, (a, b) in enumerate(_answer_pairs(row["answers"])):
+            gold_a, gold_b = judge([row["prompt"]] * 2, [a, b]).scores.tolist()
+            item = f"{i}-{k}"
+            pairs[item] = (row, a, b)
+            items.append(PairItem(item, gold_a, gold_b, length_in_words(a), length_in_words(b)))
     labels = simulate_labels(items, DEFAULT_PANEL, overlap=p.cfg.overlap, seed=p.cfg.seed)
     write_jsonl(out / "labels.jsonl", [vars(label) for label in labels])
     lengths = {it.item: (it.length_a, it.length_b) for it in items}
@@ -132,21 +132,18 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
     # held-out pairs, preferred by the gold judge: how the reward model is checked
     held_out_pairs = []
     for row in samples["heldout"]:
-        two = _two_distinct(row["answers"])
-        if two is None:
-            continue
-        a, b = two
-        gold_a, gold_b = judge([row["prompt"]] * 2, [a, b]).scores.tolist()
-        if gold_a != gold_b:
-            chosen, rejected = (a, b) if gold_a > gold_b else (b, a)
-            held_out_pairs.append(
-                {
-                    "prompt": row["prompt"],
-                    "chosen": _assistant(chosen),
-                    "rejected": _assistant(rejected),
-                    "group": row["group"],
-                }
-            )
+        for a, b in _answer_pairs(row["answers"]):
+            gold_a, gold_b = judge([row["prompt"]] * 2, [a, b]).scores.tolist()
+            if gold_a != gold_b:
+                chosen, rejected = (a, b) if gold_a > gold_b else (b, a)
+                held_out_pairs.append(
+                    {
+                        "prompt": row["prompt"],
+                        "chosen": _assistant(chosen),
+                        "rejected": _assistant(rejected),
+                        "group": row["group"],
+                    }
+                )
     write_jsonl(out / "heldout_pairs.jsonl", held_out_pairs)
     truth = {
         it.item: "a" if it.gold_a > it.gold_b else "b" for it in items if it.gold_a != it.gold_b
@@ -234,7 +231,7 @@ def stage_dpo(p: Pipeline) -> dict[str, Any]:
         dataset=str(p.folder("feedback") / "pairs.jsonl"),
         eval_fraction=0.0,
         beta=0.1,
-        learning_rate=5e-6,
+        learning_rate=5e-5,
         num_epochs=2,
         **p.trainer_options("dpo"),
     )
@@ -275,8 +272,8 @@ def stage_ppo(p: Pipeline) -> dict[str, Any]:
         kl_coef=0.05,
         kl_target=4.0,
         kl_horizon=2000,
-        ppo_epochs=2,
-        num_minibatches=2,
+        ppo_epochs=1,
+        num_minibatches=1,
         **_online_common(p, "ppo"),
     )
     return _online_summary(PPOTrainer(cfg).train())
@@ -369,7 +366,7 @@ def stage_eval(p: Pipeline) -> dict[str, Any]:
         reward_fn=build_reward({"reward_model": _model(p, "rm")}) if p.done("rm") else None,
         reference=policies["sft"].model,
         sampling=SamplingConfig(max_new_tokens=p.cfg.max_new_tokens),
-        batch_size=p.cfg.batch_size,
+        batch_size=2 * p.cfg.batch_size,
         seed=p.cfg.seed,
     )
     result["policies"] = named

@@ -42,13 +42,16 @@ def greedy_answers(
     sampling: SamplingConfig,
     *,
     batch_size: int,
+    max_prompt_length: int | None = None,
 ) -> list[str]:
     """Each prompt's greedy answer (`sampling`'s length limits, no sampling)."""
     greedy = dataclasses.replace(sampling, do_sample=False)
     texts: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = [p.prompt for p in prompts[start : start + batch_size]]
-        texts += sample(policy.model, policy.tokenizer, chunk, greedy).texts
+        texts += sample(
+            policy.model, policy.tokenizer, chunk, greedy, max_prompt_length=max_prompt_length
+        ).texts
     return texts
 
 

@@ -3,7 +3,6 @@ every `eval_every` iterations and at its end."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import torch
@@ -11,9 +10,10 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from alignkit.data import PromptExample
+from alignkit.eval.compare import Policy, greedy_answers
 from alignkit.eval.segments import segment_figures
 from alignkit.rewards.base import RewardFunction
-from alignkit.rollout.sampling import SamplingConfig, sample
+from alignkit.rollout.sampling import SamplingConfig
 
 
 @torch.no_grad()
@@ -31,18 +31,13 @@ def score_greedy_answers(
     """Greedy answers (the `sampling` limits, no sampling) to `prompts`, scored by the
     reward and, when given, the gold reward: `eval_objective/scores`, `eval_gold/score`,
     each per user segment with the gap between segments, and `eval_completions/mean_words`."""
-    greedy = dataclasses.replace(sampling, do_sample=False)
-    texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start : start + batch_size]
-        rollout = sample(
-            policy,
-            tokenizer,
-            [p.prompt for p in chunk],
-            greedy,
-            max_prompt_length=max_prompt_length,
-        )
-        texts += rollout.texts
+    texts = greedy_answers(
+        Policy(policy, tokenizer),
+        prompts,
+        sampling,
+        batch_size=batch_size,
+        max_prompt_length=max_prompt_length,
+    )
     questions = [p.prompt for p in prompts]
     segments = [p.group for p in prompts]
     scores = reward_fn(questions, texts).scores

@@ -67,11 +67,19 @@ def _sample_answers(p: Pipeline, rows: list[dict]) -> list[list[str]]:
     return answers
 
 
-def _answer_pairs(answers: list[str]) -> list[tuple[str, str]]:
-    """The prompt's distinct non-empty answers, paired in the order they were sampled
-    (1st with 2nd, 3rd with 4th, ...): each answer is shown in one pair only."""
-    usable = list(dict.fromkeys(a.strip() for a in answers if a.strip()))
-    return [(usable[k], usable[k + 1]) for k in range(0, len(usable) - 1, 2)]
+def _answer_pairs(row: dict[str, Any]) -> list[tuple[str, str, float, float]]:
+    """A sampled prompt's distinct non-empty answers, paired in the order they were
+    sampled (1st with 2nd, 3rd with 4th, ...; each answer in one pair only), with their
+    gold scores: (a, b, gold of a, gold of b)."""
+    first_seen: dict[str, int] = {}
+    for i, answer in enumerate(row["answers"]):
+        if answer.strip():
+            first_seen.setdefault(answer.strip(), i)
+    usable = list(first_seen.items())
+    return [
+        (usable[k][0], usable[k + 1][0], row["gold"][usable[k][1]], row["gold"][usable[k + 1][1]])
+        for k in range(0, len(usable) - 1, 2)
+    ]
 
 
 def stage_feedback(p: Pipeline) -> dict[str, Any]:
@@ -98,8 +106,7 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
     # pairs of distinct answers of each prompt, labelled by the simulated panel
     pairs, items = {}, []
     for i, row in enumerate(samples["train"]):
-        for k, (a, b) in enumerate(_answer_pairs(row["answers"])):
-            gold_a, gold_b = judge([row["prompt"]] * 2, [a, b]).scores.tolist()
+        for k, (a, b, gold_a, gold_b) in enumerate(_answer_pairs(row)):
             item = f"{i}-{k}"
             pairs[item] = (row, a, b)
             items.append(PairItem(item, gold_a, gold_b, length_in_words(a), length_in_words(b)))
@@ -132,8 +139,7 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
     # held-out pairs, preferred by the gold judge: how the reward model is checked
     held_out_pairs = []
     for row in samples["heldout"]:
-        for a, b in _answer_pairs(row["answers"]):
-            gold_a, gold_b = judge([row["prompt"]] * 2, [a, b]).scores.tolist()
+        for a, b, gold_a, gold_b in _answer_pairs(row):
             if gold_a != gold_b:
                 chosen, rejected = (a, b) if gold_a > gold_b else (b, a)
                 held_out_pairs.append(

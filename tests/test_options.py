@@ -208,3 +208,13 @@ def test_mapping_field_from_yaml_and_command_line(tmp_path):
     assert load_config(WithSection, None, ["--guard", "{policy: warn}"]).guard == {"policy": "warn"}
     with pytest.raises(UserError, match="guard"):
         load_config(WithSection, None, ["--guard", "[1, 2]"])
+
+
+def test_max_prompt_length_follows_max_length_unless_set():
+    """`--max-length 192` alone is not an error about an option the user never set: the
+    prompt limit defaults to half of max_length. Only a value the user gave is refused."""
+    assert load_config(TrainConfig, None, ["--max-length", "192"]).max_prompt_length == 96
+    assert load_config(TrainConfig, None, []).max_prompt_length == 256
+    assert TrainConfig(max_length=100).max_prompt_length == 50
+    with pytest.raises(UserError, match="max_prompt_length"):
+        load_config(TrainConfig, None, ["--max-length", "192", "--max-prompt-length", "200"])

@@ -84,8 +84,10 @@ class TrainConfig:
 
     # sequences and precision
     max_length: int = option(512, "Maximum tokens per example (prompt + response).", min=8)
-    max_prompt_length: int = option(
-        256, "Maximum prompt tokens (longer prompts are truncated).", min=1
+    max_prompt_length: int | None = option(
+        None,
+        "Maximum prompt tokens (longer prompts are truncated); none = half of max_length.",
+        min=1,
     )
     dtype: Literal["float32", "bfloat16"] = option(
         "float32", "Weights dtype (bfloat16 halves memory)."
@@ -115,6 +117,11 @@ class TrainConfig:
     lora_target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "o_proj"], "Module names LoRA adapts (comma-separated)."
     )
+
+    def __post_init__(self) -> None:
+        # A default that depends on another option follows it (Python API and loader alike).
+        if self.max_prompt_length is None:
+            self.max_prompt_length = self.max_length // 2
 
     def validate(self) -> None:
         """Cross-field checks; raises ConfigValueError(key, message)."""

@@ -140,10 +140,11 @@ def _messages(value: Any, ctx: _RowLocation, name: str) -> list[Message]:
             raise ctx.error(
                 where, f'expected a message {{"role", "content"}}, got {_type_name(msg)}'
             )
-        if "role" not in msg or msg["role"] is None:
-            raise ctx.error(where, "message has no 'role'")
-        if "content" not in msg or msg["content"] is None:
-            raise ctx.error(where, "message has no 'content'")
+        for key in ("role", "content"):
+            if msg.get(key) is None:
+                raise ctx.error(
+                    where, f"'{key}' is null" if key in msg else f"message has no '{key}'"
+                )
         role, content = msg["role"], msg["content"]
         if not isinstance(role, str) or not role.strip():
             raise ctx.error(where, f"'role' must be a non-empty string, got {_type_name(role)}")
@@ -157,13 +158,18 @@ def _messages(value: Any, ctx: _RowLocation, name: str) -> list[Message]:
     return out
 
 
+def _absent(row: dict, name: str) -> str:
+    """How a required field that has no value is described: missing, or present but null."""
+    return "is null" if name in row else "missing field"
+
+
 def _text_or_messages(
     row: dict, name: str, ctx: _RowLocation, *, required: bool = True
 ) -> Text | None:
     value = row.get(name)
     if value is None:
         if required:
-            raise ctx.error(name, "missing field")
+            raise ctx.error(name, _absent(row, name))
         return None
     if isinstance(value, str):
         return value
@@ -256,8 +262,8 @@ def validate_preference(row: dict, ctx: _RowLocation) -> PreferenceExample:
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
             raise ctx.error(
                 "prompt",
-                "missing field (without a prompt, chosen and rejected must both be full "
-                "conversations sharing the prompt messages)",
+                f"{_absent(row, 'prompt')} (without a prompt, chosen and rejected must both be "
+                "full conversations sharing the prompt messages)",
             )
         if chosen == rejected:
             raise ctx.error("rejected", "chosen and rejected are identical")

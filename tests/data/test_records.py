@@ -411,3 +411,19 @@ def test_parquet_and_saved_dataset_conversational_rows(tmp_path):
         str(tmp_path / "ds")
     )
     assert load_dataset_records(tmp_path / "ds", split="test") == expected
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"prompt": "Q", "chosen": None, "rejected": "B"}, "field 'chosen': is null"),
+        ({"prompt": None, "chosen": "A", "rejected": "B"}, "field 'prompt': is null"),
+        ({"prompt": [{"role": "user", "content": None}], "chosen": "A", "rejected": "B"},
+         "is null"),
+    ],
+)  # fmt: skip
+def test_a_null_field_is_called_null_not_missing(row, message):
+    from alignkit.data.records import validate_row
+
+    with pytest.raises(DataError, match=message):
+        validate_row(row, "preference", path="FILE", row_number=1)

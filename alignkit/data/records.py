@@ -148,6 +148,8 @@ def _messages(value: Any, ctx: _RowLocation, name: str) -> list[Message]:
         role, content = msg["role"], msg["content"]
         if not isinstance(role, str) or not role.strip():
             raise ctx.error(where, f"'role' must be a non-empty string, got {_type_name(role)}")
+        if role not in ROLES:
+            raise ctx.error(where, f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(content, str):
             raise ctx.error(
                 where,
@@ -156,6 +158,9 @@ def _messages(value: Any, ctx: _RowLocation, name: str) -> list[Message]:
             )
         out.append({"role": role, "content": content})
     return out
+
+
+ROLES = ("system", "user", "assistant", "tool")  # what the common chat templates render
 
 
 def _absent(row: dict, name: str) -> str:

@@ -427,3 +427,15 @@ def test_a_null_field_is_called_null_not_missing(row, message):
 
     with pytest.raises(DataError, match=message):
         validate_row(row, "preference", path="FILE", row_number=1)
+
+
+def test_a_role_no_chat_template_knows_is_one_clear_error():
+    from alignkit.data.records import validate_row
+
+    row = {"prompt": [{"role": "wizard", "content": "Q"}], "chosen": "A", "rejected": "B"}
+    with pytest.raises(DataError, match=r"FILE:3: field 'prompt\[0\]': unknown role 'wizard'"):
+        validate_row(row, "preference", path="FILE", row_number=3)
+    for role in ("system", "user", "assistant", "tool"):
+        messages = [{"role": role, "content": "x"}, {"role": "user", "content": "Q"}]
+        completion = [{"role": "assistant", "content": "A"}]
+        validate_row({"prompt": messages, "completion": completion}, "sft", path="F", row_number=1)

@@ -5,18 +5,26 @@ editor) and the 1-based record index for JSON, Parquet, CSV and ``datasets`` fol
 Syntax problems in a whole-file format (JSON, CSV) that happen before records exist are
 reported with the line number of the problem as the row and say "line" in the message.
 
+A file may be compressed (``pairs.jsonl.gz``, ``.bz2``, ``.xz``; ``.zst`` with the
+``zstandard`` package): it is decompressed as it is read, and row numbers count in the
+decompressed text.
+
 Every problem is raised as a :class:`~alignkit.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import csv
+import gzip
 import io
 import json
+import lzma
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alignkit.errors import DataError
 
@@ -32,6 +40,52 @@ EXTENSIONS = {
 }
 
 
+COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")
+# what a decompressor raises on data that is not what the suffix says
+_BAD_STREAM = (OSError, EOFError, lzma.LZMAError)
+
+
+def _compression(path: str | Path) -> str | None:
+    suffix = Path(path).suffix.lower()
+    return suffix if suffix in COMPRESSIONS else None
+
+
+def _open_binary(path: str | Path) -> IO[bytes]:
+    """The file's bytes, decompressed by its suffix."""
+    compression = _compression(path)
+    if compression == ".gz":
+        return gzip.open(path, "rb")
+    if compression == ".bz2":
+        return bz2.open(path, "rb")
+    if compression == ".xz":
+        return lzma.open(path, "rb")
+    if compression == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(
+                "reading .zst needs the zstandard package: pip install zstandard", path=str(path)
+            ) from None
+        return zstandard.open(path, "rb")
+    return open(path, "rb")
+
+
+@contextlib.contextmanager
+def _decompression_errors(path: str | Path) -> Iterator[None]:
+    """A stream that does not decompress is one DataError naming the file."""
+    try:
+        yield
+    except _BAD_STREAM as err:
+        compression = _compression(path)
+        if compression is None:
+            raise DataError(
+                f"cannot read file: {getattr(err, 'strerror', err)}", path=str(path)
+            ) from None
+        raise DataError(
+            f"not a valid {compression} file: {_one_line(err)}", path=str(path)
+        ) from None
+
+
 def detect_file_type(path: str | Path) -> str:
     """'jsonl', 'json', 'parquet', 'csv' or 'datasets' (a save_to_disk folder)."""
     p = Path(path)
@@ -45,11 +99,13 @@ def detect_file_type(path: str | Path) -> str:
             "(no dataset_dict.json or state.json in it)",
             path=str(path),
         )
-    kind = EXTENSIONS.get(p.suffix.lower())
+    data_suffix = Path(p.stem).suffix if _compression(p) else p.suffix
+    kind = EXTENSIONS.get(data_suffix.lower())
     if kind is None:
         raise DataError(
-            f"unknown file type '{p.suffix or '(no extension)'}'; expected .jsonl, .json, "
-            ".parquet, .csv or a `datasets` save_to_disk folder",
+            f"unknown file type '{data_suffix or '(no extension)'}'; expected .jsonl, .json, "
+            ".parquet, .csv (each may be compressed: .gz, .bz2, .xz, .zst) or a `datasets` "
+            "save_to_disk folder",
             path=str(path),
         )
     return kind
@@ -90,20 +146,16 @@ def _decode(data: bytes, path: str, row: int | None = None) -> str:
 
 
 def _read_bytes(path: str | Path) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read file: {err.strerror}", path=str(path)) from None
+    with _decompression_errors(path), _open_binary(path) as handle:
+        return handle.read()
 
 
 def read_jsonl(path: str | Path) -> Iterator[Row]:
     """One JSON object per line; blank lines are skipped but counted."""
     spath = str(path)
-    try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, generator
-    except OSError as err:
-        raise DataError(f"cannot read file: {err.strerror}", path=spath) from None
-    with handle:
+    with _decompression_errors(path):
+        handle = _open_binary(path)
+    with handle, _decompression_errors(path):
         for line_no, raw in enumerate(handle, start=1):
             text = _decode(raw, spath, line_no).strip()
             if not text:
@@ -174,11 +226,13 @@ def read_csv(path: str | Path) -> Iterator[Row]:
 
 
 def read_parquet(path: str | Path) -> Iterator[Row]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     spath = str(path)
+    source = pa.BufferReader(_read_bytes(path)) if _compression(path) else path
     try:
-        pfile = pq.ParquetFile(path)
+        pfile = pq.ParquetFile(source)
     except Exception as err:  # pyarrow raises several types for a bad file
         raise DataError(f"not a readable Parquet file: {_one_line(err)}", path=spath) from None
     i = 0

@@ -160,3 +160,46 @@ def test_corrupt_parquet_is_a_one_line_data_error(tmp_path):
         list(read_rows(path))
     assert str(err.value).startswith(f"{path}: not a readable Parquet file")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_files_are_read_transparently_with_their_row_numbers(tmp_path, suffix):
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}[suffix]
+    path = tmp_path / f"pairs.jsonl{suffix}"
+    with opener(path, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(ROWS[0]) + "\n\n\n" + json.dumps(ROWS[1]) + "\n")
+    assert detect_file_type(path) == "jsonl"
+    assert list(read_rows(path)) == [(1, ROWS[0]), (4, ROWS[1])]
+    bad = tmp_path / f"bad.jsonl{suffix}"
+    with opener(bad, "wt", encoding="utf-8") as f:
+        f.write(json.dumps(ROWS[0]) + "\n{oops\n")
+    with pytest.raises(DataError, match=r":2: invalid JSON"):
+        list(read_rows(bad))
+
+
+def test_compressed_json_csv_and_parquet(tmp_path):
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.json.gz").write_bytes(gzip.compress(json.dumps(ROWS).encode()))
+    assert list(read_rows(tmp_path / "a.json.gz")) == [(1, ROWS[0]), (2, ROWS[1])]
+    (tmp_path / "a.csv.gz").write_bytes(gzip.compress(b"prompt,chosen\nQ,A\n"))
+    assert list(read_rows(tmp_path / "a.csv.gz")) == [(1, {"prompt": "Q", "chosen": "A"})]
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(ROWS), buffer)
+    (tmp_path / "a.parquet.gz").write_bytes(gzip.compress(buffer.getvalue().to_pybytes()))
+    assert [r for _, r in read_rows(tmp_path / "a.parquet.gz")] == ROWS
+
+
+def test_a_file_that_is_not_what_its_compression_suffix_says_is_one_error(tmp_path):
+    path = tmp_path / "pairs.jsonl.gz"
+    path.write_text(json.dumps(ROWS[0]) + "\n")  # plain text under a .gz name
+    with pytest.raises(DataError, match=r"not a valid \.gz file"):
+        list(read_rows(path))
+    assert detect_file_type(tmp_path / "pairs.jsonl.gz") == "jsonl"

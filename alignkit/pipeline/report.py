@@ -37,16 +37,14 @@ def _metrics(path: Path) -> list[dict[str, Any]]:
 def build_summary(p: Pipeline) -> dict[str, Any]:
     """Every number of the pipeline in one JSON-ready dict."""
     evaluation = json.loads((p.folder("eval") / "eval.json").read_text(encoding="utf-8"))
-    methods = {}
-    for name, m in evaluation["methods"].items():
-        methods[name] = {k: v for k, v in m.items()} | {"versus": m["versus"]}
-    stages = {s: p.done(s) for s in p.cfg.stages if s != "report" and p.done(s) is not None}
+    finished = {s: p.done(s) for s in p.cfg.stages if s != "report"}
+    stages = {s: result for s, result in finished.items() if result is not None}
     return {
         "model": p.cfg.model,
         "prompts_held_out": evaluation["prompts"],
         "interval": evaluation["interval"],
         "baselines": evaluation["baselines"],
-        "methods": methods,
+        "methods": evaluation["methods"],
         "reward_model": {"heldout_accuracy": (stages.get("rm") or {}).get("heldout_accuracy")},
         "feedback": stages.get("feedback"),
         "hacking": stages.get("hack"),

@@ -19,7 +19,6 @@ rerun, so a pipeline that stopped half-way continues where it was.
 from __future__ import annotations
 
 import json
-import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -153,9 +152,6 @@ class Pipeline:
         elif stage not in cfg.stage_budget:
             options["max_steps"] = 20
         return options
-
-    def rng(self, stage: str) -> random.Random:
-        return random.Random(f"{self.cfg.seed}-{stage}")
 
 
 def config_for(preset: str | None, **overrides: Any) -> PipelineConfig:

@@ -16,10 +16,11 @@ PPO and GRPO.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 MEASURED_STEPS = 3  # steps timed after the first, before the number of steps is fixed
 SAFETY_MARGIN = 0.05  # fraction of the budget kept free for what was not measured
@@ -136,20 +137,14 @@ class TimeBudget:
         reserve = self.eval_seconds + self.save_seconds
         return self.clock() + step + reserve > self.seconds
 
-    def timed(self, kind: str) -> _Timer:
+    @contextlib.contextmanager
+    def timed(self, kind: str) -> Iterator[None]:
         """``with budget.timed("eval"): ...`` records the seconds an evaluation (or "save")
         took."""
-        return _Timer(self, kind)
-
-
-class _Timer:
-    def __init__(self, budget: TimeBudget, kind: str):
         if kind not in ("eval", "save"):
             raise ValueError(f"kind must be 'eval' or 'save', got {kind!r}")
-        self.budget, self.kind = budget, kind
-
-    def __enter__(self) -> None:
-        self.start = self.budget.clock()
-
-    def __exit__(self, *exc: object) -> None:
-        setattr(self.budget, f"{self.kind}_seconds", self.budget.clock() - self.start)
+        start = self.clock()
+        try:
+            yield
+        finally:
+            setattr(self, f"{kind}_seconds", self.clock() - start)

@@ -102,11 +102,12 @@ def run_eval(
         seed=seed,
     )
     result["policies"] = named
-    print_comparison(result, console or Console())
+    console = console or Console()
+    print_comparison(result, console)
     if output:
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
-        (console or Console()).print(f"written: {output}")
+        console.print(f"written: {output}")
     return result
 
 

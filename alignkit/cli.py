@@ -139,6 +139,16 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from alignkit.web.app import ServeSettings
+    from alignkit.web.serve import serve
+
+    serve(ServeSettings(db=Path(args.db), runs_dir=Path(args.runs)), host=args.host, port=args.port)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from alignkit.demo import run_demo
 
@@ -243,6 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pipeline.add_argument("--seed", type=int, default=None)
     pipeline.set_defaults(handler=_cmd_pipeline)
+
+    server = sub.add_parser(
+        "serve", help="the web app: annotate pairs, the playground, the runs dashboard"
+    )
+    server.add_argument("--db", default="labels.db", help="SQLite file of the labels")
+    server.add_argument("--runs", default="runs", help="folder of run folders for the dashboard")
+    server.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
+    server.add_argument("--port", type=int, default=8000)
+    server.set_defaults(handler=_cmd_serve)
 
     demo = sub.add_parser("demo", help="the main job on the default model, end to end")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or .gguf")

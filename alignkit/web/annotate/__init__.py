@@ -1,0 +1,1 @@
+"""The annotate area of `alignkit serve`."""

@@ -1,0 +1,1 @@
+"""The playground area of `alignkit serve`."""

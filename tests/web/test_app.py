@@ -1,0 +1,92 @@
+"""The shared app: pages, plotly's JS from the package, one-line errors, the body limit."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
+
+from alignkit.web import ServeSettings, create_app
+
+
+@pytest.fixture
+def client(tmp_path):
+    app = create_app(ServeSettings(db=tmp_path / "labels.db", runs_dir=tmp_path / "runs"))
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_index_links_every_area(client):
+    html = client.get("/").text
+    for href in ("/annotate", "/playground", "/runs"):
+        assert f'href="{href}"' in html
+
+
+def test_plotly_js_is_served_from_the_installed_package(client):
+    import plotly.offline
+
+    response = client.get("/static/plotly.min.js")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/javascript")
+    assert response.text[:2000] == plotly.offline.get_plotlyjs()[:2000]
+
+
+def test_static_names_cannot_leave_the_folder(client):
+    assert client.get("/static/base.css").status_code == 200
+    for name in ("..%2Fapp.py", "%2E%2E%2F__init__.py", ".hidden"):
+        assert client.get(f"/static/{name}").status_code == 404
+
+
+def test_a_body_over_the_limit_is_refused_with_one_line(tmp_path):
+    app = create_app(ServeSettings(db=tmp_path / "l.db", runs_dir=tmp_path, max_body_bytes=100))
+    router = APIRouter()
+
+    @router.post("/echo")
+    def echo(payload: dict) -> dict:
+        return payload
+
+    app.include_router(router)
+    client = TestClient(app)
+    response = client.post(
+        "/echo", content=b"x" * 101, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 413
+    assert "limit of 100 bytes" in response.json()["error"]
+
+
+def test_bad_json_and_bugs_get_one_line_never_a_traceback(tmp_path):
+    app = create_app(ServeSettings(db=tmp_path / "l.db", runs_dir=tmp_path))
+    router = APIRouter()
+
+    @router.post("/echo")
+    def echo(payload: dict) -> dict:
+        return payload
+
+    @router.get("/boom")
+    def boom() -> dict:
+        raise RuntimeError("secret internals")
+
+    app.include_router(router)
+    client = TestClient(app, raise_server_exceptions=False)
+    bad = client.post("/echo", content=b"{not json", headers={"content-type": "application/json"})
+    assert bad.status_code == 422
+    assert "\n" not in bad.json()["error"]
+    crash = client.get("/boom")
+    assert crash.status_code == 500
+    assert crash.json() == {"error": "internal server error"}
+    assert "secret" not in crash.text and "Traceback" not in crash.text
+
+
+def test_unknown_path_is_a_json_404(client):
+    response = client.get("/no-such-page")
+    assert response.status_code == 404
+    assert "error" in response.json()
+
+
+@pytest.mark.browser
+def test_index_page_renders_in_chromium(live_server, page, screenshot, tmp_path):
+    server = live_server(create_app(ServeSettings(db=tmp_path / "l.db", runs_dir=tmp_path)))
+    page.goto(server.url + "/")
+    assert page.locator(".card").count() == 3
+    assert page.evaluate("getComputedStyle(document.body).margin") == "0px"  # base.css loaded
+    screenshot(page, "index")
+    assert page.js_errors == []

@@ -142,10 +142,13 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from alignkit.web.annotate.commands import worker_settings
     from alignkit.web.app import ServeSettings
     from alignkit.web.serve import serve
 
-    serve(ServeSettings(db=Path(args.db), runs_dir=Path(args.runs)), host=args.host, port=args.port)
+    settings = ServeSettings(db=Path(args.db), runs_dir=Path(args.runs))
+    settings.extra["annotate"] = worker_settings(args, settings.runs_dir)
+    serve(settings, host=args.host, port=args.port)
     return 0
 
 
@@ -158,6 +161,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from alignkit.models import DEFAULT_MODEL
+    from alignkit.web.annotate.commands import add_annotate_parser, add_serve_options
 
     parser = argparse.ArgumentParser(
         prog="alignkit", description="Align language models with human preferences."
@@ -263,7 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
     )
     server.add_argument("--port", type=int, default=8000)
+    add_serve_options(server)
     server.set_defaults(handler=_cmd_serve)
+    add_annotate_parser(sub, DEFAULT_MODEL)
 
     demo = sub.add_parser("demo", help="the main job on the default model, end to end")
     demo.add_argument("--model", default=DEFAULT_MODEL, help="model name, folder or .gguf")

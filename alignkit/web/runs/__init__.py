@@ -1,0 +1,1 @@
+"""The runs area of `alignkit serve`."""

@@ -129,6 +129,8 @@ def _type_name(value: Any) -> str:
         return "an object"
     if isinstance(value, (list, tuple)):
         return "a list"
+    if isinstance(value, str):
+        return "text"
     return type(value).__name__
 
 
@@ -370,6 +372,30 @@ class LoadResult:
     num_implicit_prompt: int = 0
 
 
+def _format_mismatch(
+    row: dict[str, Any], format: str, detected_at: int | None, path: str, row_number: int
+) -> str:
+    """Why a row that failed validation may have: it is another format's row.
+
+    '' when the row's own columns say the same format (or none). ``detected_at`` is the row
+    the file's format was detected from, None when the caller named the format.
+    """
+    try:
+        found = detect_format(row, path=path, row_number=row_number)
+    except DataError:
+        return ""
+    if found == format:
+        return ""
+    columns = ", ".join(k for k, v in row.items() if v is not None)
+    expected = (
+        f", expected {format} rows"
+        if detected_at is None
+        else f" in a file of {format} rows (the format detected from row {detected_at})"
+    )
+    article = "an" if found == "sft" else "a"
+    return f"; this is {article} {found} row (columns: {columns}){expected}"
+
+
 def _row_key(row: dict[str, Any]) -> str:
     blob = json.dumps(row, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()
@@ -398,6 +424,7 @@ def load_records(
     raw_rows: list[dict[str, Any]] = []
     columns: dict[str, None] = {}
     seen: set[str] = set()
+    detected_at: int | None = None  # the row the format was detected from
     result = LoadResult(spath, format or "", records, row_numbers, raw_rows, 0, [])
     for row_number, row in read_rows(path, split=split):
         result.num_rows += 1
@@ -409,12 +436,15 @@ def load_records(
         seen.add(key)
         if format is None:
             format = detect_format(row, path=spath, row_number=row_number)
-            result.format = format
+            result.format, detected_at = format, row_number
         try:
             record = validate_row(row, format, path=spath, row_number=row_number)
         except DataError as err:
+            mismatch = _format_mismatch(row, format, detected_at, spath, row_number)
+            if mismatch:
+                err = DataError(err.reason + mismatch, path=spath, row=row_number, field=err.field)
             if not drop_invalid:
-                raise
+                raise err from None
             result.num_dropped += 1
             if len(result.drop_reasons) < MAX_REASONS:
                 result.drop_reasons.append(str(err))

@@ -14,8 +14,11 @@ from alignkit.web.store import Store
 
 
 def preference_uncertainty(reward_a: float, reward_b: float) -> float:
-    """|σ(r_a − r_b) − ½|: 0 for a coin flip, → ½ for a sure call."""
-    return abs(1.0 / (1.0 + math.exp(-(reward_a - reward_b))) - 0.5)
+    """|σ(r_a − r_b) − ½|: 0 for a coin flip, → ½ for a sure call.
+
+    Computed as ½·tanh(|r_a − r_b| / 2), the same value (σ(d) − ½ = ½·tanh(d/2)), which
+    neither overflows for a large gap nor depends on the order of the two answers."""
+    return 0.5 * math.tanh(abs(reward_a - reward_b) / 2)
 
 
 def load_reward_scorer(path: str, *, batch_size: int = 8):

@@ -268,7 +268,8 @@ class GRPOTrainer:
         kl: torch.Tensor,
     ) -> None:
         """The first `rollouts_per_log` samples with their group's scores and their
-        advantage, token by token: log-probs and KL at each response token."""
+        advantage, token by token: log-probs, KL and the policy's entropy at each response
+        token."""
         G, output = self.cfg.num_generations, scored.output
         records = []
         for i in range(min(self.cfg.rollouts_per_log, len(texts))):
@@ -291,6 +292,7 @@ class GRPOTrainer:
                         logp=sampled.logps[i],
                         ref_logp=ref_logps[i],
                         kl=kl[i],
+                        **({} if sampled.entropy is None else {"entropy": sampled.entropy[i]}),
                     ),
                 }
             )

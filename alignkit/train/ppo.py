@@ -243,7 +243,9 @@ class PPOTrainer:
             "val/returns": float(masked_mean(returns, mask)),
         }
         if cfg.rollouts_every and iteration % cfg.rollouts_every == 0 and engine.is_main:
-            self.log_rollouts(iteration, prompts, rollout.texts, scored, experience, ref_logps, kl)
+            self.log_rollouts(
+                iteration, prompts, rollout.texts, scored, experience, ref_logps, kl, out["entropy"]
+            )
         return metrics | update_metrics
 
     def update(self, experience: PPOExperience, iteration: int) -> dict[str, float]:
@@ -324,9 +326,10 @@ class PPOTrainer:
         experience: PPOExperience,
         ref_logps: torch.Tensor,
         kl: torch.Tensor,
+        entropy: torch.Tensor,
     ) -> None:
-        """The first `rollouts_per_log` samples, token by token: log-probs, KL, value and
-        advantage at each response token."""
+        """The first `rollouts_per_log` samples, token by token: log-probs, KL, value,
+        advantage and the policy's entropy at each response token."""
         seq, output = experience.sequences, scored.output
         mask = seq.labels[:, 1:] != -100
         records = [
@@ -346,6 +349,7 @@ class PPOTrainer:
                     kl=kl[i],
                     value=experience.old_values[i],
                     advantage=experience.advantages[i],
+                    entropy=entropy[i],
                 ),
             }
             for i in range(min(self.cfg.rollouts_per_log, len(texts)))

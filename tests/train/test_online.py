@@ -91,7 +91,7 @@ def test_ppo_raises_reward_with_bounded_kl_and_adaptive_beta(tmp_path, rewards):
         "objective/entropy",
     } <= set(rows[-1])
     rollouts = read_jsonl(f"{cfg.output_dir}/rollouts.jsonl")
-    assert rollouts and {"logp", "ref_logp", "kl", "value", "advantage"} <= set(
+    assert rollouts and {"logp", "ref_logp", "kl", "value", "advantage", "entropy"} <= set(
         rollouts[0]["tokens"][0]
     )
     assert (result.model_dir / "critic" / "scalar_head.json").is_file()
@@ -110,6 +110,8 @@ def test_grpo_raises_reward_and_reports_user_groups(tmp_path, rewards):
     assert "objective/scores/group_gap" in rows[-1]
     rollouts = read_jsonl(f"{cfg.output_dir}/rollouts.jsonl")
     assert len(rollouts[0]["group_scores"]) == 8 and "advantage" in rollouts[0]
+    assert {"logp", "ref_logp", "kl", "entropy"} <= set(rollouts[0]["tokens"][0])
+    assert all(token["entropy"] > 0 for token in rollouts[0]["tokens"])
 
 
 def test_rloo_variant_trains(tmp_path, rewards):

@@ -475,9 +475,8 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def save_config(config: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML (field order kept)."""
-    Path(path).write_text(
-        yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False),
-        encoding="utf-8",
-    )
+def save_config(config: Any, path: str | Path, *, header: str | None = None) -> None:
+    """Write the resolved config as YAML (field order kept), after ``# header`` if given
+    (a comment, so the file still loads as ``--config``)."""
+    text = yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)
+    Path(path).write_text((f"# {header}\n" if header else "") + text, encoding="utf-8")

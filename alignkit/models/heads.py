@@ -153,8 +153,9 @@ def load_scalar_model(
     name: str, *, kind: str = "reward", dtype: str = "float32", seed: int = 0
 ) -> tuple[ScalarHeadModel, PreTrainedTokenizerBase]:
     """A reward/critic model: a saved scalar-head folder, or any causal LM with a fresh head."""
-    from alignkit.models.loading import DTYPES, load_tokenizer
+    from alignkit.models.loading import DTYPES, load_tokenizer, run_folder_model
 
+    name = run_folder_model(name)
     if is_scalar_head_folder(name):
         model = ScalarHeadModel.from_pretrained(Path(name).expanduser(), dtype=DTYPES[dtype])
         model.kind = kind

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,55 @@ class ModelSource:
     location: str
 
 
+RUN_MODEL_DIR = "model"  # where a trainer writes its final model inside the run folder
+_RUN_FOLDER_MARKS = ("config.yaml", "metrics.jsonl", "checkpoints")
+_ANNOUNCED: set[str] = set()  # run folders whose "using its final model" line was printed
+
+
+def run_folder_model(name: str) -> str:
+    """The model a name stands for when it is a trainer's run folder: ``<run>/model``.
+
+    `alignkit rm --output-dir runs/rm` writes the reward model to ``runs/rm/model``; passing
+    ``runs/rm`` itself (as --reward-model, --model, ...) is the natural mistake, so a folder
+    with no ``config.json`` but a ``model/`` that has one resolves to that ``model/``, with
+    one info line on stderr saying which folder was used. A run folder with no final model
+    yet (a cut run) is a UserError naming its last checkpoint. Any other name is returned
+    as it is.
+    """
+    path = Path(name).expanduser()
+    if not path.is_dir() or (path / "config.json").is_file():
+        return name
+    inner = path / RUN_MODEL_DIR
+    if (inner / "config.json").is_file():
+        if name not in _ANNOUNCED:
+            _ANNOUNCED.add(name)
+            print(
+                f"alignkit: {path} is a run folder: using its final model {inner}", file=sys.stderr
+            )
+        return str(inner)
+    if any((path / mark).exists() for mark in _RUN_FOLDER_MARKS):
+        steps = sorted(
+            (int(c.name[5:]), c)
+            for c in (path / "checkpoints").glob("step-*")
+            if c.name[5:].isdigit() and c.is_dir()
+        )
+        where = (
+            f"; or pass its last checkpoint's model: {steps[-1][1] / RUN_MODEL_DIR}"
+            if steps
+            else ""
+        )
+        raise UserError(
+            f"{path} is a run folder without a final model/ (the run has not finished): "
+            f"continue it with --resume{where}"
+        )
+    return name
+
+
 def resolve_model(name: str) -> ModelSource:
-    """Map a model name to its source, converting the default model's GGUF on first use."""
+    """Map a model name to its source, converting the default model's GGUF on first use.
+
+    A trainer's run folder stands for its final model (:func:`run_folder_model`)."""
+    name = run_folder_model(name)
     if name == TINY_MODEL_NAME:
         return ModelSource("tiny", name)
     if name == DEFAULT_MODEL:

@@ -82,7 +82,7 @@ from alignkit.train.embedding_grads import (
 )
 from alignkit.train.host_memory import keep_freed_host_memory
 from alignkit.train.optim import build_optimizer, build_scheduler
-from alignkit.train.run_dir import RunDirectory
+from alignkit.train.run_dir import RunDirectory, trainer_name
 from alignkit.train.sampler import EpochBatchSampler
 from alignkit.train.time_budget import TimeBudget, parse_duration
 from alignkit.train.train_config import TrainConfig
@@ -226,15 +226,19 @@ class Engine:
         self.is_main = self.accelerator.is_main_process
         set_seed(cfg.seed)
         out = Path(cfg.output_dir)
-        self.run = RunDirectory(out, is_main=False)  # a read-only view for the check below
-        if not cfg.resume and self.run.has_run():
+        self.run = RunDirectory(out, is_main=False)  # a read-only view for the checks below
+        resuming = self.run.has_run()
+        if resuming and not cfg.resume:
             raise UserError(
                 f"output_dir {out} already holds a run; pass --resume to continue it "
                 "or choose another --output_dir"
             )
+        if resuming:
+            self._refuse_another_trainers_run()
         self.accelerator.wait_for_everyone()
         self.run = RunDirectory(out, is_main=self.is_main, tensorboard=cfg.report_to_tensorboard)
-        self.run.write_config(cfg)
+        if not resuming:  # a resumed run's config.yaml is rewritten once its checkpoint loaded
+            self.run.write_config(cfg)
         self.checkpoints = CheckpointManager(
             out / "checkpoints", cfg.keep_last_checkpoints, is_main=self.is_main
         )
@@ -256,6 +260,17 @@ class Engine:
         self.budget: TimeBudget | None = None  # see start_time_budget
 
     # ------------------------------------------------------------ setup
+
+    def _refuse_another_trainers_run(self) -> None:
+        """A UserError when ``output_dir`` holds a run of another trainer (its config.yaml
+        says which), before anything in the folder is touched."""
+        was, now = self.run.trainer(), trainer_name(self.cfg)
+        if was is not None and was != now:
+            raise UserError(
+                f"cannot resume {self.run.path}: it is a run of alignkit {was}, not of "
+                f"alignkit {now}; continue it with `alignkit {was} --resume`, or choose "
+                "another --output-dir"
+            )
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
@@ -631,20 +646,33 @@ class Engine:
         self._micro, self._window, self._window_nonfinite, self._log_buffer = 0, [], False, []
         self._last_lr = self.lr
 
-    def resume(self) -> Path | None:
+    def resume(self, *, data: dict[str, Any] | None = None) -> Path | None:
         """Load the latest checkpoint of ``output_dir`` if there is one (call after set_total_steps).
 
-        Drops metrics.jsonl records past the checkpoint's step (they will be logged again).
-        Returns the checkpoint folder, or None when starting from scratch.
+        ``data`` (fit's data key: examples, global batch, accumulation, seed) must equal the
+        checkpoint's for the run to continue exactly; a change is a UserError raised before
+        anything in the folder is rewritten. Then config.yaml is written again and
+        metrics.jsonl records past the checkpoint's step are dropped (they will be logged
+        again). Returns the checkpoint folder, or None when starting from scratch.
         """
         if self.scheduler is None:
             raise RuntimeError("call set_total_steps() before resume()")
         latest = self.checkpoints.latest()
         if latest is None:
+            self.run.write_config(self.cfg)
             self.run.truncate_metrics_after(0)
             self.run.log_event("resume", 0, "no checkpoint found: starting from scratch")
             return None
         self.load_checkpoint(latest)
+        saved = self.state.extra.get("data")
+        if data is not None and saved is not None and saved != data:
+            changed = ", ".join(k for k in data if saved.get(k) != data[k])
+            raise UserError(
+                f"cannot resume {self.cfg.output_dir} exactly: {changed} changed since the "
+                f"checkpoint (was {saved}, now {data}); use the same settings or a new "
+                "--output_dir"
+            )
+        self.run.write_config(self.cfg)
         self.run.truncate_metrics_after(self.state.step)
         self.run.log_event("resume", self.state.step, f"resumed from {latest}")
         return latest
@@ -720,14 +748,8 @@ class Engine:
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
             "seed": cfg.seed,
         }
-        if cfg.resume and self.resume() is not None:
-            saved = self.state.extra.get("data")
-            if saved is not None and saved != data_key:
-                changed = ", ".join(k for k in data_key if saved.get(k) != data_key[k])
-                raise UserError(
-                    f"cannot resume {cfg.output_dir} exactly: {changed} changed since the checkpoint "
-                    f"(was {saved}, now {data_key}); use the same settings or a new --output_dir"
-                )
+        if cfg.resume:
+            self.resume(data=data_key)
         self.state.extra["data"] = data_key
         total = self.start_time_budget(
             total,

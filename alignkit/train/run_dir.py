@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,21 @@ METRICS_FILE = "metrics.jsonl"
 EVENTS_FILE = "events.jsonl"
 CONFIG_FILE = "config.yaml"
 TENSORBOARD_DIR = "tensorboard"
+
+# the command each trainer's config belongs to (config.yaml's first line names it)
+TRAINER_COMMANDS = {
+    "SFTConfig": "sft",
+    "RewardConfig": "rm",
+    "DPOConfig": "dpo",
+    "PPOConfig": "ppo",
+    "GRPOConfig": "grpo",
+}
+_TRAINER_LINE = re.compile(r"# alignkit ([^\s:]+)")
+
+
+def trainer_name(config: Any) -> str:
+    """The command that trains with ``config`` (``dpo``), or its class name if none does."""
+    return TRAINER_COMMANDS.get(type(config).__name__, type(config).__name__)
 
 
 def _clean(value: Any) -> Any:
@@ -42,7 +58,8 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 class RunDirectory:
     """One run's output folder.
 
-    - ``write_config(cfg)``: ``config.yaml`` (the resolved dataclass).
+    - ``write_config(cfg)``: ``config.yaml`` (the resolved dataclass), whose first line, a
+      comment, names the trainer (``# alignkit dpo``); ``trainer()`` reads it back.
     - ``log_metrics(step, metrics, epoch=, lr=)``: one line of ``metrics.jsonl``
       ``{"step", "epoch", **metrics, "lr", "time"}`` and TensorBoard scalars under
       ``<prefix>/<name>`` (a metric named ``eval_loss`` goes to ``eval/loss``, others ``train/``).
@@ -80,7 +97,19 @@ class RunDirectory:
 
     def write_config(self, config: Any) -> None:
         if self.is_main:
-            save_config(config, self.path / CONFIG_FILE)
+            header = f"alignkit {trainer_name(config)}: the resolved options of this run"
+            save_config(config, self.path / CONFIG_FILE, header=header)
+
+    def trainer(self) -> str | None:
+        """The trainer that wrote this folder's config.yaml (None: no file, or written
+        before config.yaml named its trainer)."""
+        try:
+            with (self.path / CONFIG_FILE).open(encoding="utf-8") as f:
+                first = f.readline()
+        except FileNotFoundError:
+            return None
+        match = _TRAINER_LINE.match(first)
+        return match.group(1) if match else None
 
     def _append(self, path: Path, record: dict[str, Any]) -> None:
         with path.open("a", encoding="utf-8") as f:

@@ -148,6 +148,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = ServeSettings(db=Path(args.db), runs_dir=Path(args.runs))
     settings.extra["annotate"] = worker_settings(args, settings.runs_dir)
+    settings.extra["playground_model"] = args.playground_model
     serve(settings, host=args.host, port=args.port)
     return 0
 
@@ -267,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
     )
     server.add_argument("--port", type=int, default=8000)
+    server.add_argument(
+        "--playground-model",
+        default=DEFAULT_MODEL,
+        help="model of the playground's real-model mode (loaded at its first request)",
+    )
     add_serve_options(server)
     server.set_defaults(handler=_cmd_serve)
     add_annotate_parser(sub, DEFAULT_MODEL)

@@ -253,7 +253,8 @@ ANNOTATE_BODY = (
     + """
   <div id="status" class="muted ak-status"></div>
   <div id="task">
-    <div class="panel ak-prompt"><div class="ak-label">Prompt <span id="group" class="ak-tag" hidden></span></div>
+    <div class="panel ak-prompt"><div class="ak-label">Prompt <span id="group" class="ak-tag" hidden></span>
+      <span id="item-number" class="ak-item-number"></span></div>
       <div id="prompt"></div></div>
     <div class="ak-answers">
       <article class="panel ak-answer" id="answer-left"><div class="ak-label">Answer A</div>

@@ -85,6 +85,8 @@
     $("empty").hidden = true;
     $("task").hidden = false;
     current = { item: data.item, clientId: AK.newClientId(), shownAt: performance.now() };
+    $("task").dataset.item = String(data.item.id);
+    $("item-number").textContent = `pair #${data.item.id}`;
     renderPrompt(data.item.prompt);
     $("group").hidden = !data.item.group;
     $("group").textContent = data.item.group || "";
@@ -143,7 +145,8 @@
       const move = data.move;
       $("learning-text").textContent = move
         ? `Your pair #${move.item_id} was trained on in update v${move.version}: ` +
-          `log π(chosen) − log π(rejected) moved ${move.before.toFixed(2)} → ${move.after.toFixed(2)}.`
+          `log π(chosen) − log π(rejected) moved ${move.before.toFixed(2)} → ${move.after.toFixed(2)} ` +
+          `(${move.after >= move.before ? "+" : "−"}${Math.abs(move.after - move.before).toFixed(2)}).`
         : `Policy v${data.worker.policy_version}. Your last pair joins an update once its labels agree; ` +
           `${data.worker.pairs_until_update} more agreed pairs until the next one.`;
     } catch (_) { /* the panel is optional */ }
@@ -164,7 +167,7 @@
       else if (event.key === "r" || event.key === "R") { event.preventDefault(); $("reason").focus(); }
     });
     loadNext();
-    setInterval(refreshLearning, 5000);
+    setInterval(refreshLearning, 2000);
   }
 
   AK.signIn(start);

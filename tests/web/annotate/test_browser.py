@@ -145,3 +145,53 @@ def test_an_answer_with_a_script_tag_shows_as_text(served, page, screenshot):
     assert page.locator(".ak-answer script").count() == 0
     screenshot(page, "annotate-script-as-text")
     assert page.js_errors == []
+
+
+def test_online_mode_shows_how_the_labelled_pairs_margin_moved(
+    live_server, tmp_path, page, screenshot
+):
+    import httpx
+
+    from alignkit.web.annotate.online import OnlineDPOSettings
+    from alignkit.web.annotate.projects import new_prompts_project
+    from alignkit.web.annotate.sampling import PairSampling
+    from alignkit.web.annotate.worker import WorkerSettings
+
+    db = tmp_path / "labels.db"
+    store = Store(db)
+    prompts = [("Write one word about the sea.", None), ("Write one word about the sky.", None)]
+    new_prompts_project(store, prompts, model="tiny-random-llama", overlap=2, name="online")
+    browser_token, api_token = create_annotator(store, "eli"), create_annotator(store, "fay")
+    worker = WorkerSettings(
+        model="tiny-random-llama",
+        online_dpo=OnlineDPOSettings(every=2, steps=2, learning_rate=1e-3, batch_size=2),
+        sampling=PairSampling(max_new_tokens=16, batch_size=2),
+        runs_dir=tmp_path / "runs",
+        poll_s=0.05,
+    )
+    settings = ServeSettings(db=db, runs_dir=tmp_path / "runs", extra={"annotate": worker})
+    server = live_server(create_app(settings))
+    _sign_in(page, server.url, browser_token)
+    picked = {}
+    for done in (1, 2):  # eli picks the left answer of both pairs with the keyboard
+        page.wait_for_selector("#left-text:not(:empty)")
+        picked[int(page.get_attribute("#task", "data-item"))] = page.inner_text("#left-text")
+        page.keyboard.press("1")
+        _wait_done(page, done)
+    headers = {"Authorization": f"Bearer {api_token}"}
+    for _ in range(2):  # fay agrees, through the API
+        item = httpx.get(server.url + "/api/annotate/next", headers=headers).json()["item"]
+        pick = "left" if item["left"] == picked[item["id"]] else "right"
+        body = {"client_id": f"fay-{item['id']:06d}", "item_id": item["id"], "pick": pick}
+        assert httpx.post(
+            server.url + "/api/annotate/labels", json=body, headers=headers
+        ).is_success
+    page.wait_for_function(
+        "document.getElementById('learning-text').textContent.includes('moved')", timeout=60000
+    )
+    text = page.inner_text("#learning-text")
+    assert "update v1" in text and "log π(chosen) − log π(rejected)" in text
+    page.wait_for_selector("#left-text:not(:empty)")  # a new pair, from the updated policy
+    screenshot(page, "annotate-online-learning")
+    assert page.js_errors == []
+    store.close()

@@ -66,7 +66,7 @@ class PreferBody(BaseModel):
     chosen: str = Field(max_length=MAX_ANSWER_CHARS)
     rejected: str = Field(max_length=MAX_ANSWER_CHARS)
     beta: float = Field(0.1, gt=0, le=10)
-    learning_rate: float = Field(1e-3, gt=0, le=1)
+    learning_rate: float = Field(2e-4, gt=0, le=1)
 
 
 def _settings(body: SettingsBody) -> exact.Settings:
@@ -276,7 +276,7 @@ def _real_section() -> str:
    <label>β <input id="real-beta" type="number" min="0.01" max="10" step="0.01" value="0.1">
    </label>
    <label>learning rate <input id="real-lr" type="number" min="0.00001" max="1"
-     step="0.0001" value="0.001"></label>
+     step="0.0001" value="0.0002"></label>
    <span id="real-status" class="muted" aria-live="polite"></span>
   </div>
   <div class="pg-real-pair" id="real-pair" hidden>

@@ -217,10 +217,24 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- parsers
 
 
-def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="answer length cap")
-    parser.add_argument("--temperature", type=float, default=0.9, help="sampling temperature")
-    parser.add_argument("--seed", type=int, default=0)
+def _add_sampling_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """How pairs are sampled; on `serve` the flags carry a ``--pair-`` prefix, so they
+    cannot clash with another area's options."""
+    parser.add_argument(
+        f"--{prefix}max-new-tokens",
+        dest="max_new_tokens",
+        type=int,
+        default=128,
+        help="answer length cap",
+    )
+    parser.add_argument(
+        f"--{prefix}temperature",
+        dest="temperature",
+        type=float,
+        default=0.9,
+        help="sampling temperature",
+    )
+    parser.add_argument(f"--{prefix}seed", dest="seed", type=int, default=0)
 
 
 def add_annotate_parser(sub, default_model: str) -> None:
@@ -288,7 +302,7 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dpo-steps", type=int, default=2, help="passes over them per update")
     parser.add_argument("--dpo-beta", type=float, default=0.1)
     parser.add_argument("--dpo-learning-rate", type=float, default=5e-5)
-    _add_sampling_options(parser)
+    _add_sampling_options(parser, prefix="pair-")
 
 
 def worker_settings(args: argparse.Namespace, runs_dir: Path):

@@ -136,3 +136,19 @@ def test_stats_export_and_the_export_trains_dpo_and_rm(
         assert main(argv) == 0, capsys.readouterr().err
         assert (run / "model" / "config.json").is_file()
         assert f"alignkit {command}: 1 step" in capsys.readouterr().out
+
+
+def test_serve_options_become_the_annotate_workers_settings(tmp_path, capsys):
+    from alignkit.cli import build_parser
+    from alignkit.web.annotate.commands import worker_settings
+
+    argv = "serve --model tiny-random-llama --reward-model rm/model --online-dpo --dpo-every 4 "
+    argv += "--pair-max-new-tokens 32 --pair-temperature 0.7"
+    settings = worker_settings(build_parser().parse_args(shlex.split(argv)), tmp_path)
+    assert settings.model == "tiny-random-llama" and settings.reward_model == "rm/model"
+    assert settings.online_dpo.every == 4 and settings.sampling.max_new_tokens == 32
+    assert settings.sampling.temperature == 0.7 and settings.runs_dir == tmp_path
+    plain = worker_settings(build_parser().parse_args(["serve"]), tmp_path)
+    assert plain.online_dpo is None and plain.model is None
+    assert main(["serve", "--online-dpo", "--dpo-every", "0", "--db", str(tmp_path / "l.db")]) == 2
+    assert "--dpo-every must be at least 1" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from alignkit.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # what a shell reports for a process stopped by SIGINT
 
 # command -> (module, config class, trainer class, one-line help)
 TRAINERS = {
@@ -62,12 +63,50 @@ def run_trainer(command: str, argv: Sequence[str]) -> int:
     config = parse_config(
         getattr(module, config_name), argv, prog=f"alignkit {command}", description=description
     )
-    result = getattr(module, trainer_name)(config).train()
     from accelerate import PartialState
 
+    try:
+        result = getattr(module, trainer_name)(config).train()
+    except KeyboardInterrupt as stop:
+        if PartialState().is_main_process:
+            report_interrupt(command, argv, config.output_dir, stop)
+        return EXIT_INTERRUPTED
     if PartialState().is_main_process:  # one summary under `accelerate launch`
         print_run_summary(command, config, result)
     return 0
+
+
+def resume_command(command: str, argv: Sequence[str]) -> str:
+    """The command line that continues this run: the same options, with --resume."""
+    import shlex
+
+    kept = [
+        a for a in argv if a not in ("--resume", "--no-resume") and not a.startswith("--resume=")
+    ]
+    return shlex.join(["alignkit", command, *kept, "--resume"])
+
+
+def report_interrupt(
+    command: str, argv: Sequence[str], output_dir: str, stop: KeyboardInterrupt
+) -> None:
+    """Ctrl-C: say whether a checkpoint was written (or which one is the last), and how to
+    go on."""
+    from pathlib import Path
+
+    from alignkit.train.checkpoint import CheckpointManager
+    from alignkit.train.engine import TrainingInterrupted
+
+    if isinstance(stop, TrainingInterrupted):
+        said = f"interrupted at step {stop.step}: checkpoint written to {stop.checkpoint}"
+    else:
+        latest = CheckpointManager(Path(output_dir) / "checkpoints", is_main=False).latest()
+        said = "interrupted at once: no checkpoint written now; " + (
+            f"the last complete one is {latest}"
+            if latest
+            else "there is none, so --resume starts over"
+        )
+    print(f"alignkit: {said}", file=sys.stderr)
+    print(f"alignkit: resume with: {resume_command(command, argv)}", file=sys.stderr)
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
@@ -299,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("alignkit: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 A checkpoint is written into ``checkpoints/.tmp-step-N`` first, every file and the folder are
 fsynced, then the folder is renamed to ``step-N``. A crash mid-write leaves only a ``.tmp-*``
 folder, which :meth:`CheckpointManager.latest` ignores and the next manager removes, so the
-previous checkpoint stays the latest loadable one.
+previous checkpoint stays the latest loadable one. Re-saving a step moves the old folder
+aside to ``.tmp-old-step-N`` first; a crash between the two renames leaves it there, and the
+next manager renames it back. Pruning renames a folder to ``.tmp-del-step-N`` before deleting
+it, so a half-deleted checkpoint is never listed.
 
 Everything pickled goes through ``torch.save`` and comes back with
 ``torch.load(weights_only=True)``: state is kept to tensors, numbers, strings, lists and dicts
@@ -16,6 +19,7 @@ import os
 import random
 import re
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,27 @@ import torch
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
+OLD_PREFIX = f"{TMP_PREFIX}old-"  # a complete checkpoint moved aside while its step is re-saved
+DELETE_PREFIX = f"{TMP_PREFIX}del-"  # a pruned checkpoint being deleted
+
+PAUSE_AT_ENV = "ALIGNKIT_TEST_PAUSE_AT"
+PAUSE_FILE_ENV = "ALIGNKIT_TEST_PAUSE_FILE"
+
+
+def pause_for_fault_tests(point: str, step: int) -> None:
+    """A test hook, inert unless ``$ALIGNKIT_TEST_PAUSE_AT`` is ``<point>:<step>``.
+
+    Then it creates the file ``$ALIGNKIT_TEST_PAUSE_FILE`` and waits while that file exists,
+    so that a test can kill or interrupt a run at exactly this moment (the points:
+    ``checkpoint``, between a checkpoint's files; ``update``, inside an optimizer update).
+    See tests/train/test_faults.py.
+    """
+    if os.environ.get(PAUSE_AT_ENV) != f"{point}:{step}":
+        return
+    marker = Path(os.environ[PAUSE_FILE_ENV])
+    marker.touch()
+    while marker.exists():
+        time.sleep(0.02)
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
@@ -73,8 +98,17 @@ class CheckpointManager:
         self.keep_last = keep_last
         self.is_main = is_main
         if is_main and self.root.exists():
-            for stale in self.root.glob(f"{TMP_PREFIX}*"):
-                shutil.rmtree(stale, ignore_errors=True)
+            self._recover()
+
+    def _recover(self) -> None:
+        """After a crash: put back a complete checkpoint that was moved aside for a re-save
+        and never replaced, then delete every other temporary folder."""
+        for moved in self.root.glob(f"{OLD_PREFIX}step-*"):
+            original = self.root / moved.name[len(OLD_PREFIX) :]
+            if STEP_DIR.match(original.name) and not original.exists():
+                os.replace(moved, original)
+        for stale in self.root.glob(f"{TMP_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
 
     def list(self) -> list[tuple[int, Path]]:
         """Complete checkpoints as (step, path), oldest first."""
@@ -111,7 +145,7 @@ class CheckpointManager:
         _fsync_tree(tmp)
         final = self.path_for(step)
         if final.exists():  # re-saving a step (e.g. after a resume): move the old one aside
-            old = self.root / f"{TMP_PREFIX}old-step-{step}"
+            old = self.root / f"{OLD_PREFIX}step-{step}"
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
             os.replace(tmp, final)
@@ -139,7 +173,9 @@ class CheckpointManager:
         """Delete all but the newest ``keep_last`` checkpoints."""
         found = self.list()
         for _step, path in found[: max(0, len(found) - self.keep_last)]:
-            shutil.rmtree(path, ignore_errors=True)
+            doomed = self.root / f"{DELETE_PREFIX}{path.name}"
+            os.replace(path, doomed)  # atomic: a crash mid-delete leaves no partial step-N
+            shutil.rmtree(doomed, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- RNG state

@@ -52,6 +52,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -71,6 +74,7 @@ from alignkit.train.checkpoint import (
     default_load_model,
     default_save_model,
     load_torch,
+    pause_for_fault_tests,
     rng_state,
     save_torch,
     set_rng_state,
@@ -82,7 +86,7 @@ from alignkit.train.embedding_grads import (
 )
 from alignkit.train.host_memory import keep_freed_host_memory
 from alignkit.train.optim import build_optimizer, build_scheduler
-from alignkit.train.run_dir import RunDirectory, trainer_name
+from alignkit.train.run_dir import RunDirectory, trainer_name, writing_to
 from alignkit.train.sampler import EpochBatchSampler
 from alignkit.train.time_budget import TimeBudget, parse_duration
 from alignkit.train.train_config import TrainConfig
@@ -101,6 +105,15 @@ class Stateful(Protocol):
 
 class NonFiniteLossError(UserError):
     """Too many consecutive non-finite losses: training stopped (the last good checkpoint stays)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at the end of an update, after writing ``checkpoint``."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -258,6 +271,8 @@ class Engine:
         self._last_lr = cfg.learning_rate
         self.last_train_record: dict[str, Any] = {}
         self.budget: TimeBudget | None = None  # see start_time_budget
+        self._interrupt_requested = False  # a first Ctrl-C, see interruptible()
+        self._last_saved_step: int | None = None
 
     # ------------------------------------------------------------ setup
 
@@ -413,6 +428,52 @@ class Engine:
             raise ValueError(f"state name {name!r}: use letters, digits, '_' or '-'")
         self._extra[name] = obj
 
+    # ------------------------------------------------------------ Ctrl-C
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """While training: a first Ctrl-C (SIGINT) asks the run to stop where a checkpoint
+        is consistent, at the end of the update in progress (:meth:`stop_if_interrupted`);
+        a second one stops it at once (KeyboardInterrupt, no checkpoint). Outside the main
+        thread, or where SIGINT is ignored, it changes nothing."""
+        previous = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or previous in (
+            signal.SIG_IGN,
+            None,
+        ):
+            yield
+            return
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self._interrupt_requested:
+                raise KeyboardInterrupt
+            self._interrupt_requested = True
+            tqdm.write(
+                "alignkit: interrupted: stopping after this update to write a checkpoint "
+                "(Ctrl-C again to stop at once, without one)",
+                file=sys.stderr,
+            )
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def stop_if_interrupted(self) -> None:
+        """Call where a checkpoint is consistent (after an update, between iterations): if
+        Ctrl-C asked for a stop on any process, write a checkpoint (unless this step has
+        one) and raise :class:`TrainingInterrupted`."""
+        if not self._any_process(self._interrupt_requested):
+            return
+        step = self.state.step
+        if self._last_saved_step == step:
+            path = self.checkpoints.path_for(step)
+        else:
+            path = self.save_checkpoint()
+        self.run.log_event("interrupted", step, f"stopped by Ctrl-C; checkpoint {path}")
+        raise TrainingInterrupted(step, path)
+
     # ------------------------------------------------------------ one update
 
     @contextlib.contextmanager
@@ -492,6 +553,7 @@ class Engine:
             grad_norm = self._clip_gradients(params, max_norm)
             nonfinite = not math.isfinite(grad_norm)  # same on every process (grads all-reduced)
         self._last_lr = self.lr
+        pause_for_fault_tests("update", self.state.step + 1)
         if nonfinite:
             self.optimizer.zero_grad(set_to_none=True)
         else:
@@ -588,8 +650,12 @@ class Engine:
         ``rng_state_<rank>.pt`` (one per process), ``extra/<name>.pt`` (registered state),
         ``trainer_state.json`` (:class:`TrainState`).
         """
-        with self.timed("save"):
-            return self._save_checkpoint()
+        latest = self.checkpoints.latest()
+        then = f"; the last complete checkpoint is still {latest}" if latest else ""
+        with self.timed("save"), writing_to(self.run.path, then=then):
+            path = self._save_checkpoint()
+        self._last_saved_step = self.state.step
+        return path
 
     def _save_checkpoint(self) -> Path:
         acc = self.accelerator
@@ -604,6 +670,7 @@ class Engine:
             acc.wait_for_everyone()
             if self.is_main:
                 self._save_model(self.unwrapped_model, tmp / "model")
+                pause_for_fault_tests("checkpoint", step)
                 save_torch(self.optimizer.state_dict(), tmp / "optimizer.pt")
                 if self.scheduler is not None:
                     save_torch(self.scheduler.state_dict(), tmp / "scheduler.pt")
@@ -682,7 +749,10 @@ class Engine:
         directory = Path(directory)
         self.accelerator.wait_for_everyone()
         if self.is_main:
-            self._save_model(self.unwrapped_model, directory)
+            latest = self.checkpoints.latest()
+            then = f"; the last complete checkpoint is {latest}" if latest else ""
+            with writing_to(self.run.path, then=then):
+                self._save_model(self.unwrapped_model, directory)
         self.accelerator.wait_for_everyone()
         return directory
 
@@ -772,52 +842,54 @@ class Engine:
         last_eval_step = -1
         self.model.train()
         try:
-            while self.state.step < total:
-                sampler = EpochBatchSampler(
-                    n,
-                    cfg.batch_size,
-                    seed=cfg.seed,
-                    epoch=self.state.epoch,
-                    num_processes=acc.num_processes,
-                    rank=acc.process_index,
-                    start=self.state.batch_in_epoch,
-                )
-                loader = DataLoader(
-                    train_dataset,
-                    batch_sampler=sampler,
-                    collate_fn=collate_fn,
-                    num_workers=0,
-                    generator=torch.Generator(),  # leave the global RNG alone
-                )
-                for batch in loader:
-                    batch = send_to_device(batch, self.device)
-                    with self.accumulate():
-                        loss, metrics = loss_fn(self.model, batch)
-                        result = self.backward_and_step(loss, metrics)
-                    self.state.batch_in_epoch += 1
-                    if not result.stepped:
-                        continue
-                    step = self.state.step
-                    total = self.after_budgeted_unit(step, total)
-                    bar.total = total
-                    if step % cfg.log_every == 0 or step == total:
-                        self.log_step_metrics(epoch=epoch_float())
-                    if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                        eval_metrics = self.evaluate(eval_fn, epoch=epoch_float())
-                        last_eval_step = step
-                    if cfg.save_every and step % cfg.save_every == 0 and step != total:
-                        self.save_checkpoint()
-                    bar.update(1)
-                    if result.metrics:
-                        postfix = {"loss": f"{result.metrics.get('loss', float('nan')):.4f}"}
-                        if progress_metric and progress_metric in result.metrics:
-                            postfix[progress_metric] = f"{result.metrics[progress_metric]:.4f}"
-                        bar.set_postfix(postfix, refresh=False)
-                    if step >= total:
-                        break
-                if self.state.batch_in_epoch >= per_epoch:
-                    self.state.epoch += 1
-                    self.state.batch_in_epoch = 0
+            with self.interruptible():
+                while self.state.step < total:
+                    sampler = EpochBatchSampler(
+                        n,
+                        cfg.batch_size,
+                        seed=cfg.seed,
+                        epoch=self.state.epoch,
+                        num_processes=acc.num_processes,
+                        rank=acc.process_index,
+                        start=self.state.batch_in_epoch,
+                    )
+                    loader = DataLoader(
+                        train_dataset,
+                        batch_sampler=sampler,
+                        collate_fn=collate_fn,
+                        num_workers=0,
+                        generator=torch.Generator(),  # leave the global RNG alone
+                    )
+                    for batch in loader:
+                        batch = send_to_device(batch, self.device)
+                        with self.accumulate():
+                            loss, metrics = loss_fn(self.model, batch)
+                            result = self.backward_and_step(loss, metrics)
+                        self.state.batch_in_epoch += 1
+                        if not result.stepped:
+                            continue
+                        step = self.state.step
+                        total = self.after_budgeted_unit(step, total)
+                        bar.total = total
+                        if step % cfg.log_every == 0 or step == total:
+                            self.log_step_metrics(epoch=epoch_float())
+                        if eval_fn is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                            eval_metrics = self.evaluate(eval_fn, epoch=epoch_float())
+                            last_eval_step = step
+                        if cfg.save_every and step % cfg.save_every == 0 and step != total:
+                            self.save_checkpoint()
+                        bar.update(1)
+                        if result.metrics:
+                            postfix = {"loss": f"{result.metrics.get('loss', float('nan')):.4f}"}
+                            if progress_metric and progress_metric in result.metrics:
+                                postfix[progress_metric] = f"{result.metrics[progress_metric]:.4f}"
+                            bar.set_postfix(postfix, refresh=False)
+                        if step >= total:
+                            break
+                        self.stop_if_interrupted()
+                    if self.state.batch_in_epoch >= per_epoch:
+                        self.state.epoch += 1
+                        self.state.batch_in_epoch = 0
         except BaseException:
             self.close()
             raise

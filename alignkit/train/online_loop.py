@@ -140,8 +140,11 @@ class OnlineLoop:
         `iteration(prompts, k)` (sample, score, update; returns its metrics), then
         :meth:`end_iteration`. Then :meth:`finish`."""
         try:
-            while self.running():
-                self.end_iteration(iteration(self.prompts(), self.iteration))
+            with self.engine.interruptible():  # Ctrl-C: a checkpoint between iterations
+                while self.running():
+                    self.end_iteration(iteration(self.prompts(), self.iteration))
+                    if self.running():
+                        self.engine.stop_if_interrupted()
         finally:
             self.bar.close()
         return self.finish()

@@ -6,13 +6,17 @@ is a no-op there, so callers need no ``if is_main`` of their own.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from alignkit.errors import UserError
 from alignkit.options import save_config
 
 METRICS_FILE = "metrics.jsonl"
@@ -31,6 +35,36 @@ TRAINER_COMMANDS = {
 _TRAINER_LINE = re.compile(r"# alignkit ([^\s:]+)")
 
 
+# the errors that mean "this folder cannot be written", not a bug: one line, exit 2
+UNWRITABLE = {
+    errno.ENOSPC: "no space left on the device (disk full)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+class OutputFolderError(UserError):
+    """The run folder cannot be written: disk full, read-only, or no permission."""
+
+
+@contextlib.contextmanager
+def writing_to(folder: str | Path, *, then: str = "") -> Iterator[None]:
+    """Turn a write that fails because ``folder`` cannot be written (:data:`UNWRITABLE`)
+    into one :class:`OutputFolderError` line naming the folder, followed by ``then`` (what
+    is still safe); any other OSError is left as it is."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno not in UNWRITABLE:
+            raise
+        where = f" ({err.filename})" if err.filename else ""
+        raise OutputFolderError(
+            f"cannot write to the run folder {folder}: {UNWRITABLE[err.errno]}{where}{then}"
+        ) from err
+
+
 def trainer_name(config: Any) -> str:
     """The command that trains with ``config`` (``dpo``), or its class name if none does."""
     return TRAINER_COMMANDS.get(type(config).__name__, type(config).__name__)
@@ -46,13 +80,37 @@ def _clean(value: Any) -> Any:
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a JSON-lines file ([] if it does not exist)."""
+    """All records of a JSON-lines file ([] if it does not exist).
+
+    A last line with no newline that does not parse was cut by a crash (kill -9, disk full)
+    while it was written: it is dropped. Any other bad line raises."""
     path = Path(path)
     if not path.exists():
         return []
-    return [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    records = [json.loads(line) for line in lines[:-1] if line.strip()]
+    torn = lines[-1]
+    if torn.strip():
+        with contextlib.suppress(json.JSONDecodeError):  # else the torn tail of a crash
+            records.append(json.loads(torn))
+    return records
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line that has no newline (a crash cut it short while it was written), so
+    that the next record starts a line of its own and the file stays readable."""
+    if not path.exists():
+        return
+    with path.open("r+b") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)  # once per run: the whole file is fine
 
 
 class RunDirectory:
@@ -73,8 +131,10 @@ class RunDirectory:
         self.time_offset = 0.0
         self._start = time.monotonic()
         self._tb = None
+        self._tails_checked: set[Path] = set()
         if is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            with writing_to(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
             if tensorboard:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
@@ -98,7 +158,8 @@ class RunDirectory:
     def write_config(self, config: Any) -> None:
         if self.is_main:
             header = f"alignkit {trainer_name(config)}: the resolved options of this run"
-            save_config(config, self.path / CONFIG_FILE, header=header)
+            with writing_to(self.path):
+                save_config(config, self.path / CONFIG_FILE, header=header)
 
     def trainer(self) -> str | None:
         """The trainer that wrote this folder's config.yaml (None: no file, or written
@@ -112,9 +173,13 @@ class RunDirectory:
         return match.group(1) if match else None
 
     def _append(self, path: Path, record: dict[str, Any]) -> None:
-        with path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+        with writing_to(self.path):
+            if path not in self._tails_checked:
+                self._tails_checked.add(path)
+                _drop_torn_tail(path)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
 
     def log_metrics(
         self,
@@ -163,8 +228,9 @@ class RunDirectory:
             return
         kept = [r for r in read_jsonl(self.metrics_path) if r.get("step", 0) <= step]
         tmp = self.metrics_path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(self.metrics_path)
+        with writing_to(self.path):
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            tmp.replace(self.metrics_path)
 
     def has_run(self) -> bool:
         """Whether the folder already holds a run's metrics or checkpoints."""

@@ -130,7 +130,17 @@ def save_policy_hook(tokenizer: PreTrainedTokenizerBase) -> Callable[[nn.Module,
 def export_merged_lora(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path
 ) -> None:
-    """Write a LoRA policy as one plain model folder (adapters merged), loadable by name."""
+    """Write a LoRA policy as one plain model folder (adapters merged), loadable by name.
+
+    The adapter files a checkpoint hook left in ``directory`` move to ``directory/adapter``:
+    beside ``config.json`` they would make transformers load the base model the adapter
+    names instead of the merged weights here."""
+    directory = Path(directory)
     merged = copy.deepcopy(model).merge_and_unload()
     merged.save_pretrained(directory, safe_serialization=True)
     tokenizer.save_pretrained(directory)
+    adapter_files = [p for p in directory.glob("adapter_*") if p.is_file()]
+    if adapter_files:
+        (directory / "adapter").mkdir(exist_ok=True)
+        for path in adapter_files:
+            path.replace(directory / "adapter" / path.name)

@@ -35,7 +35,7 @@ from alignkit.eval.segments import combine_process_metrics
 from alignkit.guard import GuardDecision
 from alignkit.rollout.sampling import Rollout
 from alignkit.rollout.sequences import Sequences
-from alignkit.train.common import load_train_eval
+from alignkit.train.common import export_merged_lora, load_train_eval
 from alignkit.train.engine import Engine
 from alignkit.train.online_config import OnlineConfig
 from alignkit.train.online_steps import OnlineParts, sample_responses
@@ -279,6 +279,8 @@ class OnlineLoop:
         self.guard.mark_good(engine.state.step)
         checkpoint = engine.save_checkpoint()
         model_dir = engine.save_model(Path(cfg.output_dir) / "model")
+        if cfg.use_lora and engine.is_main:  # model/ loads by name, like SFT's and DPO's
+            export_merged_lora(self.policy, self.tokenizer, model_dir)
         engine.run.log_event("finished", engine.state.step, f"{self.iteration} iterations")
         engine.close()
         return OnlineResult(

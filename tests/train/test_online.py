@@ -360,3 +360,25 @@ def test_grpo_with_a_time_budget_fixes_its_iterations_and_schedule(tmp_path, rew
         e for e in read_jsonl(f"{cfg.output_dir}/events.jsonl") if e["event"] == "time_budget"
     ]
     assert events[0]["units"] == 19 and events[0]["unit"] == "iterations"
+
+
+@pytest.mark.parametrize("trainer", ["ppo", "grpo"])
+def test_a_lora_run_writes_a_plain_model_folder(tmp_path, rewards, trainer):
+    """Under LoRA, `model/` holds the merged policy (like SFT and DPO): it loads by name and
+    answers exactly like the trained adapter, so `alignkit eval` and the next stage take it."""
+    import torch
+
+    from alignkit.models import load_causal_lm
+
+    options = settings(tmp_path, rewards, max_steps=2, batch_size=2, use_lora=True)
+    if trainer == "ppo":
+        trained = PPOTrainer(PPOConfig(**options))
+    else:
+        trained = GRPOTrainer(GRPOConfig(**options, num_generations=2))
+    result = trained.train()
+    model, tokenizer = load_causal_lm(str(result.model_dir))
+    ids = tokenizer("hello there", return_tensors="pt")["input_ids"]
+    trained.policy.eval()  # no LoRA dropout
+    with torch.no_grad():
+        expected = trained.policy(input_ids=ids).logits
+        assert torch.allclose(model(input_ids=ids).logits, expected, atol=1e-4)

@@ -170,7 +170,10 @@ def compare_policies(
     methods: dict[str, Any] = {}
     for name, policy in policies.items():
         kl = kl_tokens = None
-        if reference is not None:
+        if reference is not None and policy.model is reference:
+            # KL(π_ref ‖ π_ref) = 0 exactly: no sampling pass to measure it
+            kl, kl_tokens = torch.zeros(len(prompts)), torch.ones(len(prompts))
+        elif reference is not None:
             kl, kl_tokens = kl_on_own_samples(
                 policy, reference, prompts, sampling, batch_size=batch_size, seed=seed
             )

@@ -84,3 +84,31 @@ def test_baselines_must_be_policies():
         compare_policies(
             {"a": Policy(a, tokenizer)}, prompts, judge=lowercase_share, baselines=["sft"]
         )
+
+
+def test_the_reference_itself_is_not_sampled_for_its_kl(monkeypatch):
+    """KL(π_ref ‖ π_ref) is 0 by definition: measuring it would cost a sampling pass."""
+    import alignkit.eval.compare as compare
+
+    a, tokenizer = tiny_random_llama(seed=0)
+    b, _ = tiny_random_llama(seed=1)
+    measured = []
+    real = compare.kl_on_own_samples
+    monkeypatch.setattr(
+        compare,
+        "kl_on_own_samples",
+        lambda policy, *args, **kw: measured.append(policy.model) or real(policy, *args, **kw),
+    )
+    prompts = load_dataset_records(demo_path("prompt"), "prompt")[:4]
+    result = compare_policies(
+        {"a": Policy(a, tokenizer), "b": Policy(b, tokenizer)},
+        prompts,
+        judge=lowercase_share,
+        baselines=["a"],
+        reference=a,
+        sampling=SamplingConfig(max_new_tokens=4),
+        batch_size=4,
+    )
+    assert measured == [b]
+    assert result["methods"]["a"]["kl"] == 0.0 and result["methods"]["a"]["kl_per_token"] == 0.0
+    assert result["methods"]["a"]["per_group"]["concise"]["kl"] == 0.0

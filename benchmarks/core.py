@@ -349,6 +349,18 @@ SPEED_TARGETS = {"dpo": 1.75, "sft": 1.3, "rm": 1.3, "grpo": 2.0}
 DPO_MFU_TARGET = 0.65
 
 
+def headline_comparisons(comparisons: Sequence[Comparison]) -> list[Comparison]:
+    """Per workload (in first-seen order), the comparison against the fastest TRL run of the
+    same benchmark run: the lowest alignkit/TRL speed ratio (every comparison of a workload
+    shares one alignkit record). The headline and its target are judged against the TRL
+    that did best here, whichever setting made it so; the others stay beside it."""
+    best: dict[str, Comparison] = {}
+    for c in comparisons:
+        if c.workload not in best or c.speed_ratio < best[c.workload].speed_ratio:
+            best[c.workload] = c
+    return list(best.values())
+
+
 def compare(alignkit: dict[str, Any], trl: dict[str, Any]) -> Comparison:
     if alignkit["workload"] != trl["workload"]:
         raise ValueError("records of different workloads")

@@ -217,3 +217,69 @@ def test_quick_grpo_run_matches_trl_work(tmp_path):
     assert t["tokens_match_alignkit"] == 1.0
     assert core.compare(a, t).same_batches
     assert abs(a["first_loss"]) < 1e-5 and abs(t["first_loss"]) < 1e-5
+
+
+def _trl_runs():
+    """alignkit at 300 tokens/s and three TRL runs at 150, 100 and 200 (the fastest)."""
+    a = _record(step_ends=[0.0, 1.0, 2.0, 3.0])
+    default = _record("trl", step_ends=[0.0, 2.0, 4.0, 6.0])
+    foreach = dict(_record("trl", step_ends=[0.0, 3.0, 6.0, 9.0]), variant="trl-foreach-adamw")
+    kept = dict(_record("trl", step_ends=[0.0, 1.5, 3.0, 4.5]), variant="trl-kept-host-memory")
+    return a, [default, foreach, kept]
+
+
+def test_the_headline_is_against_the_fastest_trl_run_of_the_same_run():
+    a, trl_runs = _trl_runs()
+    comparisons = [core.compare(a, t) for t in trl_runs]
+    assert [round(c.speed_ratio, 2) for c in comparisons] == [2.0, 3.0, 1.5]
+    (headline,) = core.headline_comparisons(comparisons)
+    assert headline.versus == "trl-kept-host-memory"
+    assert headline.speed_ratio == pytest.approx(1.5)
+    assert headline.speed_target == 1.75 and not headline.speed_met  # judged on the fastest
+
+
+def test_make_bench_runs_every_trl_variant_unless_told_not_to():
+    from benchmarks import run
+
+    assert run.selected_variants(run.parse_args([])) == tuple(run.TRL_VARIANTS)
+    assert run.selected_variants(run.parse_args(["--trl-default-only"])) == ()
+
+
+def test_the_report_leads_with_the_fastest_trl_and_keeps_the_others(capsys):
+    from benchmarks import run
+
+    a, trl_runs = _trl_runs()
+    records = [a, *trl_runs]
+    for r in records:
+        core.add_mfu(r, 1e9)
+    comparisons = [core.compare(a, t) for t in trl_runs]
+    run.print_report(records, comparisons, {"flops": 1e9, "size": 64, "threads": 1})
+    out = capsys.readouterr().out
+    headline, each = out[out.index("alignkit / the fastest TRL") :].split("alignkit / each TRL")
+    (row,) = [line for line in headline.splitlines() if line.startswith("│ dpo")]
+    assert "trl-kept-host-memory" in row and "1.50" in row and "1.75" in row
+    for versus in ("trl ", "trl-foreach-adamw", "trl-kept-host-memory"):
+        assert any(line.startswith("│ dpo") and versus in line for line in each.splitlines())
+
+
+def test_a_stored_run_reprints_with_its_headline(capsys):
+    """`benchmarks/run.py --report FILE` reprints a stored run: the README's headline
+    figures come from the last full run's records."""
+    from benchmarks import run
+
+    stored = ROOT / "benchmarks" / "results" / "2026-11-27.json"
+    headlines = {c.workload: c for c in core.headline_comparisons(run.stored_comparisons(stored))}
+    assert {w: c.versus for w, c in headlines.items()} == {
+        "sft": "trl-kept-host-memory",
+        "rm": "trl-kept-host-memory",
+        "dpo": "trl-kept-host-memory",
+        "grpo": "trl-foreach-adamw",
+    }
+    assert {w: round(c.speed_ratio, 2) for w, c in headlines.items()} == {
+        "sft": 1.27,
+        "rm": 1.56,
+        "dpo": 2.96,
+        "grpo": 2.05,
+    }
+    assert run.main(["--report", str(stored)]) == 0
+    assert "alignkit / the fastest TRL" in capsys.readouterr().out

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.data.records import PreferenceExample, SFTExample, load_records
-from alignkit.data.tokenization import encode_pair, encode_prompt
+from alignkit.data.tokenization import encode_pair, encode_prompt, template_errors
 
 NO_GROUP = "(none)"
 
@@ -52,6 +52,18 @@ def _stats(values: list[int]) -> dict[str, int]:
     }
 
 
+def _token_ids(rec: PreferenceExample | SFTExample | Any, tokenizer) -> dict[str, list[int]]:
+    """The record's parts as the trainers tokenize them: prompt and each response."""
+    if isinstance(rec, PreferenceExample):
+        p, c = encode_pair(rec.prompt, rec.chosen, tokenizer)
+        _, r = encode_pair(rec.prompt, rec.rejected, tokenizer)
+        return {"prompt": p, "chosen": c, "rejected": r}
+    if isinstance(rec, SFTExample):
+        p, c = encode_pair(rec.prompt, rec.completion, tokenizer)
+        return {"prompt": p, "completion": c}
+    return {"prompt": encode_prompt(rec.prompt, tokenizer)}
+
+
 def check_dataset(
     path: str | Path,
     format: str | None = None,
@@ -80,16 +92,9 @@ def check_dataset(
     )
     if tokenizer is not None:
         lengths: dict[str, list[int]] = {}
-        for rec in records:
-            if isinstance(rec, PreferenceExample):
-                p, c = encode_pair(rec.prompt, rec.chosen, tokenizer)
-                _, r = encode_pair(rec.prompt, rec.rejected, tokenizer)
-                parts = {"prompt": p, "chosen": c, "rejected": r}
-            elif isinstance(rec, SFTExample):
-                p, c = encode_pair(rec.prompt, rec.completion, tokenizer)
-                parts = {"prompt": p, "completion": c}
-            else:
-                parts = {"prompt": encode_prompt(rec.prompt, tokenizer)}
+        for index, rec in enumerate(records, start=1):
+            with template_errors(rec, index):
+                parts = _token_ids(rec, tokenizer)
             for name, ids in parts.items():
                 lengths.setdefault(name, []).append(len(ids))
         summary.token_lengths = {name: _stats(v) for name, v in lengths.items()}

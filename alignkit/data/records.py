@@ -46,6 +46,8 @@ class PreferenceExample:
     group: str | None = None
     annotator: str | None = None
     margin: float | None = None
+    # (file, row) the record was read from, for errors found after validation
+    origin: tuple[str, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def conversational(self) -> bool:
@@ -58,6 +60,8 @@ class SFTExample:
     completion: Text
     group: str | None = None
     annotator: str | None = None
+    # (file, row) the record was read from, for errors found after validation
+    origin: tuple[str, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def conversational(self) -> bool:
@@ -70,6 +74,8 @@ class PromptExample:
     group: str | None = None
     annotator: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # (file, row) the record was read from, for errors found after validation
+    origin: tuple[str, int] | None = field(default=None, compare=False, repr=False)
 
     @property
     def conversational(self) -> bool:
@@ -451,6 +457,7 @@ def load_records(
             continue
         if isinstance(record, PreferenceExample) and row.get("prompt") is None:
             result.num_implicit_prompt += 1
+        record.origin = (spath, row_number)
         records.append(record)
         row_numbers.append(row_number)
         raw_rows.append(row)

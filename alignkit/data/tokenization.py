@@ -19,17 +19,35 @@ Labels are -100 on the prompt (unless ``train_on_prompt``) and on padding.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from jinja2 import TemplateError
 
 from alignkit.data.records import Example, PreferenceExample, PromptExample, SFTExample, Text
+from alignkit.errors import DataError
 
 IGNORE_INDEX = -100
 
 
 # ----------------------------------------------------------------------------- encoding
+
+
+@contextlib.contextmanager
+def template_errors(record: Example, index: int) -> Iterator[None]:
+    """A conversation the tokenizer's chat template refuses (``raise_exception`` in the
+    template: "System role not supported", "roles must alternate") is a DataError naming
+    the record's file and row (``record.origin``; else its 1-based ``index``), not a
+    jinja2 traceback from the middle of tokenization."""
+    try:
+        yield
+    except TemplateError as err:
+        path, row = record.origin or ("<records>", index)
+        raise DataError(
+            f"the model's chat template refuses this conversation: {err}", path=path, row=row
+        ) from None
 
 
 def _ids(encoded: Any) -> list[int]:
@@ -262,28 +280,45 @@ def tokenize_records(
     all_assistant_turns: bool = False,
 ) -> list[dict[str, Any]]:
     """tokenize_preference / tokenize_sft / tokenize_prompt on each record, by its type."""
-    out = []
-    for rec in records:
+    return [
+        _tokenize_record(
+            rec,
+            i,
+            tokenizer,
+            max_length,
+            max_prompt_length,
+            train_on_prompt=train_on_prompt,
+            all_assistant_turns=all_assistant_turns,
+        )
+        for i, rec in enumerate(records, start=1)
+    ]
+
+
+def _tokenize_record(
+    rec: Example,
+    index: int,
+    tokenizer,
+    max_length: int | None,
+    max_prompt_length: int | None,
+    *,
+    train_on_prompt: bool,
+    all_assistant_turns: bool,
+) -> dict[str, Any]:
+    with template_errors(rec, index):
         if isinstance(rec, PreferenceExample):
-            out.append(
-                tokenize_preference(
-                    rec, tokenizer, max_length, max_prompt_length, train_on_prompt=train_on_prompt
-                )
+            return tokenize_preference(
+                rec, tokenizer, max_length, max_prompt_length, train_on_prompt=train_on_prompt
             )
-        elif isinstance(rec, SFTExample):
-            out.append(
-                tokenize_sft(
-                    rec,
-                    tokenizer,
-                    max_length,
-                    max_prompt_length,
-                    train_on_prompt=train_on_prompt,
-                    all_assistant_turns=all_assistant_turns,
-                )
+        if isinstance(rec, SFTExample):
+            return tokenize_sft(
+                rec,
+                tokenizer,
+                max_length,
+                max_prompt_length,
+                train_on_prompt=train_on_prompt,
+                all_assistant_turns=all_assistant_turns,
             )
-        else:
-            out.append(tokenize_prompt(rec, tokenizer, max_prompt_length or max_length))
-    return out
+        return tokenize_prompt(rec, tokenizer, max_prompt_length or max_length)
 
 
 # ----------------------------------------------------------------------------- collators

@@ -285,3 +285,61 @@ def test_an_eval_dataset_in_another_format_names_the_expected_and_the_found(tmp_
     assert err.startswith(f"alignkit: error: {prompts}:1: field 'completion': missing field")
     assert "this is a prompt row (columns: prompt), expected sft rows" in err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------- chat templates
+
+NO_SYSTEM_TEMPLATE = (  # what Gemma's and some Mistral templates do with a system message
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{{ message['role'] + ': ' + message['content'] + '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+)
+
+
+def conversation(system: bool) -> dict:
+    prompt = [{"role": "user", "content": "Hi?"}]
+    if system:
+        prompt.insert(0, {"role": "system", "content": "Be brief."})
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": "Hello."}]}
+
+
+def test_a_conversation_the_chat_template_refuses_names_file_and_row(tmp_path):
+    from alignkit.data import check_dataset, tokenize_records
+    from alignkit.models.tiny import tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+    tokenizer.chat_template = NO_SYSTEM_TEMPLATE
+    path = write_jsonl(tmp_path, [conversation(False), conversation(False), conversation(True)])
+    with pytest.raises(DataError) as err:
+        check_dataset(path, tokenizer=tokenizer)
+    expected = (
+        f"{path}:3: the model's chat template refuses this conversation: System role not supported"
+    )
+    assert str(err.value) == expected
+    records = load_records(path).records
+    with pytest.raises(DataError) as err:
+        tokenize_records(records, tokenizer, 64, 32)
+    assert str(err.value) == expected
+
+
+def test_a_trainer_on_a_conversation_its_template_refuses_exits_2_before_writing(tmp_path, capsys):
+    from alignkit.cli import main
+    from alignkit.models.tiny import tiny_random_llama
+
+    model, tokenizer = tiny_random_llama()
+    tokenizer.chat_template = NO_SYSTEM_TEMPLATE
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    data = write_jsonl(tmp_path, [conversation(False), conversation(True)])
+    out = tmp_path / "run"
+    argv = sft_argv(data, out)
+    argv[argv.index("tiny-random-llama")] = str(tmp_path / "model")
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"alignkit: error: {data}:2: the model's chat template refuses this conversation: "
+        "System role not supported\n"
+    )
+    assert not out.exists()

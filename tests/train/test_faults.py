@@ -31,6 +31,7 @@ SFT = ["sft", *COMMON, "--max-steps", str(STEPS), "--gradient-accumulation-steps
 SFT += ["--max-length", "64"]
 GRPO = ["grpo", *COMMON, "--max-steps", "4", "--num-generations", "2", "--max-new-tokens", "6"]
 GRPO += ["--reward", "{demo_judge: true}", "--max-length", "96"]
+FIRST_CTRL_C = "alignkit: interrupted: stopping after this update to write a checkpoint"
 
 
 class Run:
@@ -62,6 +63,13 @@ class Run:
             if time.monotonic() > deadline:
                 self.proc.kill()
                 pytest.fail(f"the run never reached its pause point:\n{self.output()[-3000:]}")
+            time.sleep(0.05)
+
+    def wait_for_output(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                pytest.fail(f"the run never printed {text!r}:\n{self.output()[-3000:]}")
             time.sleep(0.05)
 
     def kill(self) -> None:
@@ -143,8 +151,8 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_a_resume_command_that_works(tmp_p
     run = Run(SFT, out, pause_at="update:3")
     run.wait_until_paused()
     run.proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)  # let the handler run before the update goes on
-    run.marker.unlink()
+    run.wait_for_output(FIRST_CTRL_C)
+    run.marker.unlink()  # the update goes on
     assert run.finish() == 130
     output = run.output()
     assert "Traceback" not in output
@@ -172,7 +180,7 @@ def test_a_second_ctrl_c_stops_at_once_and_says_no_checkpoint_was_written(tmp_pa
     run = Run(SFT, out, pause_at="update:3")
     run.wait_until_paused()
     run.proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    run.wait_for_output(FIRST_CTRL_C)
     run.proc.send_signal(signal.SIGINT)
     assert run.finish() == 130
     output = run.output()

@@ -83,6 +83,31 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_folder_atomically(directory: Path, write_fn: Callable[[Path], None]) -> Path:
+    """Write a folder (a run's final ``model/``) so that it is never seen half written:
+    ``write_fn`` fills ``.tmp-<name>`` beside it, which is fsynced and renamed into place
+    (an older folder of that name is moved aside first, then deleted). A crash leaves the
+    old folder, or none, and a ``.tmp-*`` folder the next write replaces."""
+    directory = Path(directory)
+    tmp = directory.with_name(f"{TMP_PREFIX}{directory.name}")
+    old = directory.with_name(f"{OLD_PREFIX}{directory.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        write_fn(tmp)
+        _fsync_tree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if directory.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(directory.parent)
+    return directory
+
+
 class CheckpointManager:
     """Atomic ``step-N`` folders under ``root``; keeps the newest ``keep_last``.
 

@@ -78,6 +78,7 @@ from alignkit.train.checkpoint import (
     rng_state,
     save_torch,
     set_rng_state,
+    write_folder_atomically,
 )
 from alignkit.train.embedding_grads import (
     densify_sparse_grads,
@@ -745,14 +746,17 @@ class Engine:
         return latest
 
     def save_model(self, directory: str | Path) -> Path:
-        """Save the unwrapped model with the save_model hook (main process only)."""
+        """Save the unwrapped model with the save_model hook (main process only), written
+        beside ``directory`` and renamed into place (:func:`write_folder_atomically`)."""
         directory = Path(directory)
         self.accelerator.wait_for_everyone()
         if self.is_main:
             latest = self.checkpoints.latest()
             then = f"; the last complete checkpoint is {latest}" if latest else ""
             with writing_to(self.run.path, then=then):
-                self._save_model(self.unwrapped_model, directory)
+                write_folder_atomically(
+                    directory, lambda tmp: self._save_model(self.unwrapped_model, tmp)
+                )
         self.accelerator.wait_for_everyone()
         return directory
 

@@ -152,3 +152,33 @@ def test_a_prune_cut_short_never_lists_a_half_deleted_checkpoint(tmp_path, monke
     monkeypatch.undo()
     assert [step for step, _ in CheckpointManager(tmp_path, keep_last=1).list()] == [2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2"]
+
+
+def test_a_crash_while_writing_the_final_model_leaves_no_half_model_folder(tmp_path):
+    """model/ is written beside it and renamed into place: a crash half way leaves the
+    previous model/ (or none), never a config.json without its weights, which `--model
+    runs/x` would take for a model."""
+    import torch
+
+    from alignkit.train.checkpoint import default_save_model
+    from alignkit.train.engine import Engine
+    from alignkit.train.train_config import TrainConfig
+
+    def crash_after_the_config(model, directory):
+        directory.mkdir(parents=True)
+        (directory / "config.json").write_text("{}")
+        raise KeyboardInterrupt  # the kill came before the weights
+
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), report_to_tensorboard=False)
+    engine = Engine(cfg, model, save_model=crash_after_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        engine.save_model(tmp_path / "run" / "model")
+    assert not (tmp_path / "run" / "model").exists()
+    engine._save_model = default_save_model
+    engine.save_model(tmp_path / "run" / "model")
+    engine._save_model = crash_after_the_config
+    with pytest.raises(KeyboardInterrupt):
+        engine.save_model(tmp_path / "run" / "model")
+    assert sorted(p.name for p in (tmp_path / "run" / "model").iterdir()) == ["model.safetensors"]
+    engine.close()

@@ -127,7 +127,7 @@ def _hacking_chart(rows: list[dict[str, Any]], events: list[dict[str, Any]]) -> 
         {
             "type": "scatter",
             "mode": "lines+markers",
-            "name": "proxy (reward model)",
+            "name": "proxy (reward model + pays for length)",
             "x": x,
             "y": [r["objective/scores"] for r in rows],
         },

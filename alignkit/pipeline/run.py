@@ -56,14 +56,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "arithmetic": 40,
         "samples_per_prompt": 4,
-        "max_new_tokens": 40,
+        "max_new_tokens": 64,
         "stage_budget": {
             "sft": "80s",
             "rm": "60s",
             "dpo": "90s",
             "ppo": "90s",
             "grpo": "90s",
-            "hack": "60s",
+            "hack": "90s",
         },
     },
     "full": {

@@ -203,16 +203,15 @@ def stage_sft(p: Pipeline) -> dict[str, Any]:
     }
 
 
-def _reward_model(p: Pipeline, stage: str, pairs: str) -> dict[str, Any]:
+def stage_rm(p: Pipeline) -> dict[str, Any]:
     from alignkit.train.reward import RewardConfig, RewardTrainer
 
     cfg = RewardConfig(
         model=_model(p, "sft"),
-        dataset=pairs,
+        dataset=str(p.folder("feedback") / "pairs.jsonl"),
         eval_dataset=str(p.folder("feedback") / "heldout_pairs.jsonl"),
         center_rewards_coefficient=0.01,
-        **p.trainer_options(stage)
-        | ({"output_dir": str(p.folder(stage) / "rm")} if stage == "hack" else {}),
+        **p.trainer_options("rm"),
     )
     result = RewardTrainer(cfg).train()
     return {
@@ -222,11 +221,12 @@ def _reward_model(p: Pipeline, stage: str, pairs: str) -> dict[str, Any]:
     }
 
 
-def stage_rm(p: Pipeline) -> dict[str, Any]:
-    return _reward_model(p, "rm", str(p.folder("feedback") / "pairs.jsonl"))
-
-
 # ----------------------------------------------------------------------------- 5. policies
+
+# The policies train LoRA adapters: π_ref is the SFT model with its adapter off (no second
+# copy in memory), the optimiser state and checkpoints are a few MB, and the backward pass
+# skips the frozen weights' gradients.
+LORA = {"use_lora": True, "lora_r": 16, "lora_alpha": 32.0}
 
 
 def stage_dpo(p: Pipeline) -> dict[str, Any]:
@@ -237,8 +237,9 @@ def stage_dpo(p: Pipeline) -> dict[str, Any]:
         dataset=str(p.folder("feedback") / "pairs.jsonl"),
         eval_fraction=0.0,
         beta=0.1,
-        learning_rate=5e-5,
+        learning_rate=2e-4,
         num_epochs=2,
+        **LORA,
         **p.trainer_options("dpo"),
     )
     result = DPOTrainer(cfg).train()
@@ -274,12 +275,13 @@ def stage_ppo(p: Pipeline) -> dict[str, Any]:
     cfg = PPOConfig(
         reward_model=_model(p, "rm"),
         reward=SHAPING,
-        learning_rate=2e-6,
+        learning_rate=1e-4,
         kl_coef=0.05,
         kl_target=4.0,
         kl_horizon=2000,
         ppo_epochs=1,
         num_minibatches=1,
+        **LORA,
         **_online_common(p, "ppo"),
     )
     return _online_summary(PPOTrainer(cfg).train())
@@ -292,9 +294,10 @@ def stage_grpo(p: Pipeline) -> dict[str, Any]:
     cfg = GRPOConfig(
         reward_model=_model(p, "rm"),
         reward=SHAPING,
-        learning_rate=2e-6,
+        learning_rate=1e-4,
         kl_coef=0.04,
         num_generations=4,
+        **LORA,
         **options,
     )
     return _online_summary(GRPOTrainer(cfg).train())
@@ -304,41 +307,45 @@ def stage_grpo(p: Pipeline) -> dict[str, Any]:
 
 
 def stage_hack(p: Pipeline) -> dict[str, Any]:
-    """The proxy: a reward model trained on the length-loving annotator's labels alone.
-    GRPO optimises it with a small β while the guard watches gold against proxy."""
+    """GRPO against a deliberately flawed proxy — the reward model plus a term that pays for
+    length (`pipeline.proxy`), the length-loving annotator's taste — with a small β, while
+    the guard watches the gold judge against the proxy and the answers' length."""
     from alignkit.train.grpo import GRPOConfig, GRPOTrainer
 
-    proxy = _reward_model(p, "hack", str(p.folder("feedback") / "pairs_length_lover.jsonl"))
     options = _online_common(p, "hack") | {
-        "batch_size": max(1, p.cfg.batch_size // 2),
         "save_every": 2,  # rollback needs good checkpoints
         "keep_last_checkpoints": 4,
+    }
+    proxy = {
+        "reward_model": _model(p, "rm"),
+        "reward_functions": [{"spec": "alignkit.pipeline.proxy:pays_for_length", "weight": 2.0}],
     }
     guard = {
         "policy": "rollback",
         "max_rollbacks": 2,
-        "rollback_beta_factor": 4.0,
+        "rollback_beta_factor": 10.0,
         "detectors": {
-            "proxy_gold_divergence": {"window_steps": 8},
+            "proxy_gold_divergence": {"window_steps": 6, "min_points": 4, "t_threshold": 1.5},
             "length_drift": {
                 "metric": "completions/mean_words",
-                "max_relative_change": 0.5,
-                "baseline_steps": 3,
+                "max_relative_change": 0.4,
+                "baseline_steps": 2,
             },
         },
     }
     cfg = GRPOConfig(
-        reward_model=proxy["model"],
-        learning_rate=1e-5,
+        reward=proxy,
+        learning_rate=1e-3,
         kl_coef=0.001,
         num_generations=4,
         guard=guard,
+        **LORA,
         **options,
     )
     result = GRPOTrainer(cfg).train()
     events = read_jsonl(p.folder("hack") / "run" / "events.jsonl")
     return {
-        "proxy_heldout_accuracy": proxy["heldout_accuracy"],
+        "proxy": "reward model + 2 × min(1, words / 60)",
         "iterations": result.steps,
         "rollbacks": result.rollbacks,
         "guard_events": [e for e in events if e["event"] in ("guard", "rollback", "stop")],

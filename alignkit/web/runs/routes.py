@@ -7,23 +7,39 @@ resolves outside the root is a 404 (see ``folders.inside``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.routing import APIRoute
 
 from alignkit.web.pages import page
 from alignkit.web.runs import folders, preference, rollouts
 
-router = APIRouter()
+
+class RefuseOutsideRuns(APIRoute):
+    """Every route of this router answers a run id that resolves outside ``--runs`` with a
+    404 and its one-line reason (``folders.OutsideRuns``), in one place."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def refusing(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except folders.OutsideRuns as error:
+                raise HTTPException(404, str(error)) from error
+
+        return refusing
+
+
+router = APIRouter(route_class=RefuseOutsideRuns)
 
 
 def _root(request: Request) -> Path:
     return Path(request.app.state.settings.runs_dir)
-
-
-def _refused(error: folders.OutsideRuns) -> HTTPException:
-    return HTTPException(404, str(error))
 
 
 @router.get("/api/runs")
@@ -33,70 +49,46 @@ def list_runs(request: Request) -> dict:
 
 @router.get("/api/runs/run")
 def run(request: Request, id: str = Query(max_length=1000)) -> dict:
-    try:
-        return folders.run_details(_root(request), id)
-    except folders.OutsideRuns as error:
-        raise _refused(error) from error
+    return folders.run_details(_root(request), id)
 
 
 @router.get("/api/runs/metrics")
 def metrics(
     request: Request, id: str = Query(max_length=1000), since: int = Query(0, ge=0)
 ) -> dict:
-    try:
-        return folders.metrics_since(_root(request), id, since)
-    except folders.OutsideRuns as error:
-        raise _refused(error) from error
+    return folders.metrics_since(_root(request), id, since)
 
 
 @router.get("/api/runs/rollouts")
 def rollout_list(request: Request, id: str = Query(max_length=1000)) -> dict:
-    try:
-        return rollouts.rollout_list(_root(request), id)
-    except folders.OutsideRuns as error:
-        raise _refused(error) from error
+    return rollouts.rollout_list(_root(request), id)
 
 
 @router.get("/api/runs/rollout")
 def rollout(request: Request, id: str = Query(max_length=1000), index: int = Query(ge=0)) -> dict:
-    try:
-        return rollouts.rollout_detail(_root(request), id, index)
-    except folders.OutsideRuns as error:
-        raise _refused(error) from error
+    return rollouts.rollout_detail(_root(request), id, index)
 
 
 @router.get("/api/runs/pairs")
 def pairs(request: Request, id: str = Query(max_length=1000)) -> dict:
-    try:
-        return preference.pair_list(_root(request), id)
-    except folders.OutsideRuns as error:
-        raise _refused(error) from error
+    return preference.pair_list(_root(request), id)
 
 
 @router.get("/api/runs/pair")
 def pair(request: Request, id: str = Query(max_length=1000), index: int = Query(ge=0)) -> dict:
     """Per-token log π_θ − log π_ref of a pair's chosen and rejected answers (computed now)."""
-    try:
-        return preference.pair_logratios(_root(request), id, index)
-    except folders.OutsideRuns as error:
-        raise _refused(error) from error
+    return preference.pair_logratios(_root(request), id, index)
 
 
 @router.get("/api/runs/pipeline")
 def pipeline(request: Request, id: str = Query(max_length=1000)) -> dict:
-    try:
-        return folders.pipeline_summary(_root(request), id)
-    except folders.OutsideRuns as error:
-        raise _refused(error) from error
+    return folders.pipeline_summary(_root(request), id)
 
 
 @router.get("/runs/report", include_in_schema=False)
 def report(request: Request, id: str = Query(max_length=1000)) -> FileResponse:
     """A pipeline's report.html, as the pipeline wrote it (it opens offline)."""
-    try:
-        return FileResponse(folders.report_path(_root(request), id), media_type="text/html")
-    except folders.OutsideRuns as error:
-        raise _refused(error) from error
+    return FileResponse(folders.report_path(_root(request), id), media_type="text/html")
 
 
 @router.get("/runs", response_class=HTMLResponse, include_in_schema=False)

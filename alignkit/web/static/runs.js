@@ -15,7 +15,7 @@
     stop: { color: "#212529", dash: "solid" }, checkpoint: { color: "#adb5bd", dash: "dot" },
   };
   const FIGURE_LABELS = { logratio: "log π − log π_ref", advantage: "advantage", value: "value",
-    entropy: "entropy", kl: "KL term", logp: "log π", ref_logp: "log π_ref" };
+    entropy: "entropy", kl: "KL estimate (per token; k1 can be < 0)", logp: "log π", ref_logp: "log π_ref" };
 
   let listing = { runs: [], pipelines: [] };
   let primary = null;                  // the run shown in detail

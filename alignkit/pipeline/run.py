@@ -4,14 +4,15 @@ rerun, so a pipeline that stopped half-way continues where it was.
 
 1. task      the demo task's prompts, split into train and held-out (`pipeline.task`)
 2. feedback  the base policy answers each prompt several times; simulated annotators
-             label pairs of answers (`feedback.simulated`); agreement and flags; the
-             consensus pairs, and the length-loving annotator's own pairs
+             label every pair of a prompt's answers (`feedback.simulated`); agreement and
+             flags; the consensus pairs, and each prompt's best-against-worst pair
 3. sft       SFT on demonstrations: the gold judge's best answer of each prompt's samples
 4. rm        a Bradley–Terry reward model on the consensus pairs; accuracy on held-out
              pairs against the gold judge's preference
-5. dpo, ppo, grpo   each from the SFT policy, KL to it, shaping and the guard on
-6. hack      GRPO against a flawed proxy: a reward model trained on the length-lover's
-             labels, a small β, the guard watching gold against proxy
+5. dpo, ppo, grpo   each from the SFT policy, KL to it, shaping and the guard on; DPO on
+             the best-against-worst pairs, PPO and GRPO against the reward model
+6. hack      GRPO against a flawed proxy: the reward model plus a term that pays for
+             length, a small β, the guard watching gold against proxy
 7. eval      every policy against the SFT policy and the base model (`eval.compare`)
 8. report    summary.json and report.html (`pipeline.report`)
 """
@@ -39,9 +40,10 @@ class PipelineConfig:
 
     model: str = "smollm2-135m-instruct"
     output_dir: str | None = None  # default runs/pipeline-<time>
-    arithmetic: int = 60  # sums and differences in the task (the rest is fixed)
+    arithmetic: int = 20  # sums and differences in the task (the rest is fixed)
     held_out: float = 0.25
-    samples_per_prompt: int = 4  # answers sampled per prompt by the base policy
+    samples_per_prompt: int = 4  # answers sampled per train prompt by the base policy
+    heldout_samples: int = 3  # per held-out prompt: the reward model's check pairs
     max_new_tokens: int = 48
     overlap: int = 3  # annotators per pair
     drop_flagged: bool = True  # the label rule: drop flagged annotators, then majority
@@ -53,24 +55,37 @@ class PipelineConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # about 14 minutes on 2 CPU cores: sampling the feedback ~3, the trainers ~8, eval ~3
     "quick": {
-        "arithmetic": 40,
+        "arithmetic": 8,
+        "held_out": 0.3,
         "samples_per_prompt": 4,
+        "heldout_samples": 3,
         "max_new_tokens": 64,
         "stage_budget": {
-            "sft": "80s",
-            "rm": "60s",
-            "dpo": "90s",
+            "sft": "45s",
+            "rm": "90s",
+            "dpo": "120s",
             "ppo": "90s",
-            "grpo": "90s",
-            "hack": "90s",
+            "grpo": "60s",
+            "hack": "60s",
         },
     },
+    # about 40 minutes: the whole task, 6 answers per prompt (15 pairs), longer stages
     "full": {
-        "arithmetic": 120,
+        "arithmetic": 20,
+        "held_out": 0.4,
         "samples_per_prompt": 6,
+        "heldout_samples": 3,
         "max_new_tokens": 64,
-        "stage_budget": {s: "10m" for s in ("sft", "rm", "dpo", "ppo", "grpo", "hack")},
+        "stage_budget": {
+            "sft": "3m",
+            "rm": "5m",
+            "dpo": "6m",
+            "ppo": "6m",
+            "grpo": "6m",
+            "hack": "4m",
+        },
     },
 }
 

@@ -3,6 +3,7 @@ the stages before it and writes its own (see :mod:`alignkit.pipeline.run`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ from alignkit.pipeline.run import read_jsonl, write_jsonl
 
 if TYPE_CHECKING:
     from alignkit.pipeline.run import Pipeline
+
+SAMPLING_ROWS = 32
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -47,8 +50,8 @@ def stage_task(p: Pipeline) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- 2. feedback
 
 
-def _sample_answers(p: Pipeline, rows: list[dict]) -> list[list[str]]:
-    """`samples_per_prompt` answers per prompt from the base policy (temperature 1)."""
+def _sample_answers(p: Pipeline, rows: list[dict], k: int) -> list[list[str]]:
+    """`k` answers per prompt from the base policy (temperature 1)."""
     from tqdm.auto import tqdm
 
     from alignkit.models import load_causal_lm
@@ -56,8 +59,8 @@ def _sample_answers(p: Pipeline, rows: list[dict]) -> list[list[str]]:
 
     model, tokenizer = load_causal_lm(p.cfg.model, seed=p.cfg.seed)
     config = SamplingConfig(max_new_tokens=p.cfg.max_new_tokens, temperature=1.0, do_sample=True)
-    k, size = p.cfg.samples_per_prompt, p.cfg.batch_size
-    answers: list[list[str]] = []
+    size = max(1, SAMPLING_ROWS // k)  # prompts per batch: a CPU samples 32 rows at once
+    answers: list[list[str]] = []  # at about half the cost per row of 8
     for start in tqdm(range(0, len(rows), size), desc="sampling answers"):
         chunk = [r["prompt"] for r in rows[start : start + size]]
         texts = sample(
@@ -67,19 +70,46 @@ def _sample_answers(p: Pipeline, rows: list[dict]) -> list[list[str]]:
     return answers
 
 
-def _answer_pairs(row: dict[str, Any]) -> list[tuple[str, str, float, float]]:
-    """A sampled prompt's distinct non-empty answers, paired in the order they were
-    sampled (1st with 2nd, 3rd with 4th, ...; each answer in one pair only), with their
-    gold scores: (a, b, gold of a, gold of b)."""
+def _answer_pairs(row: dict[str, Any]) -> list[tuple[int, int]]:
+    """Every pair of a sampled prompt's distinct non-empty answers, as indices into its
+    answers (the first time each text was sampled): with 4 answers, 6 pairs. Ranking K
+    answers by comparing every pair is how InstructGPT's labellers worked; one sampling pass
+    gives C(K, 2) comparisons instead of K / 2."""
     first_seen: dict[str, int] = {}
     for i, answer in enumerate(row["answers"]):
         if answer.strip():
             first_seen.setdefault(answer.strip(), i)
-    usable = list(first_seen.items())
-    return [
-        (usable[k][0], usable[k + 1][0], row["gold"][usable[k][1]], row["gold"][usable[k + 1][1]])
-        for k in range(0, len(usable) - 1, 2)
-    ]
+    return list(itertools.combinations(first_seen.values(), 2))
+
+
+def best_against_worst(
+    decided: dict[tuple[int, int], str],
+) -> tuple[int, int] | None:
+    """One prompt's answers ranked by their wins in its labelled pairs (``decided`` maps an
+    answer pair (a, b) to the winner "a" or "b"): (the answer with the most wins, the one
+    with the fewest), or None when no answer won more often than another. Among answers
+    with equal wins the earlier sampled is ranked higher. DPO learns most per step from the
+    pair the labels separate most."""
+    wins: dict[int, int] = {}
+    for (a, b), choice in decided.items():
+        wins.setdefault(a, 0)
+        wins.setdefault(b, 0)
+        wins[a if choice == "a" else b] += 1
+    if not wins:
+        return None
+    order = sorted(wins, key=lambda i: (-wins[i], i))
+    best, worst = order[0], order[-1]
+    return (best, worst) if wins[best] > wins[worst] else None
+
+
+def _pair_row(row: dict[str, Any], chosen: int, rejected: int, annotator: str) -> dict[str, Any]:
+    return {
+        "prompt": row["prompt"],
+        "chosen": _assistant(row["answers"][chosen]),
+        "rejected": _assistant(row["answers"][rejected]),
+        "group": row["group"],
+        "annotator": annotator,
+    }
 
 
 def stage_feedback(p: Pipeline) -> dict[str, Any]:
@@ -90,9 +120,10 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
 
     judge, out = _judge(p), p.folder("feedback")
     samples = {}
+    per_prompt = {"train": p.cfg.samples_per_prompt, "heldout": p.cfg.heldout_samples}
     for split in ("train", "heldout"):
         rows = read_jsonl(p.folder("task") / f"{split}.jsonl")
-        answers = _sample_answers(p, rows)
+        answers = _sample_answers(p, rows, per_prompt[split])
         gold = [
             judge([r["prompt"]] * len(a), a).scores.tolist()
             for r, a in zip(rows, answers, strict=True)
@@ -103,13 +134,23 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
         ]
         write_jsonl(out / f"samples_{split}.jsonl", samples[split])
 
-    # pairs of distinct answers of each prompt, labelled by the simulated panel
-    pairs, items = {}, []
+    # every pair of each prompt's distinct answers, labelled by the simulated panel
+    pairs: dict[str, tuple[int, int, int]] = {}  # item -> (prompt, answer a, answer b)
+    items = []
     for i, row in enumerate(samples["train"]):
-        for k, (a, b, gold_a, gold_b) in enumerate(_answer_pairs(row)):
-            item = f"{i}-{k}"
-            pairs[item] = (row, a, b)
-            items.append(PairItem(item, gold_a, gold_b, length_in_words(a), length_in_words(b)))
+        for a, b in _answer_pairs(row):
+            item = f"{i}-{a}-{b}"
+            pairs[item] = (i, a, b)
+            text_a, text_b = row["answers"][a], row["answers"][b]
+            items.append(
+                PairItem(
+                    item,
+                    row["gold"][a],
+                    row["gold"][b],
+                    length_in_words(text_a),
+                    length_in_words(text_b),
+                )
+            )
     labels = simulate_labels(items, DEFAULT_PANEL, overlap=p.cfg.overlap, seed=p.cfg.seed)
     write_jsonl(out / "labels.jsonl", [vars(label) for label in labels])
     lengths = {it.item: (it.length_a, it.length_b) for it in items}
@@ -118,38 +159,28 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
     drop = agreement["flagged"] if p.cfg.drop_flagged else []
     decided = consensus(labels, drop=drop)
 
-    def pair_row(item: str, choice: str, annotator: str) -> dict[str, Any]:
-        row, a, b = pairs[item]
+    # the reward model learns from every decided pair; DPO from each prompt's best answer
+    # against its worst, by the labels' wins
+    consensus_rows, by_prompt = [], {}
+    for item, choice in decided.items():
+        i, a, b = pairs[item]
         chosen, rejected = (a, b) if choice == "a" else (b, a)
-        return {
-            "prompt": row["prompt"],
-            "chosen": _assistant(chosen),
-            "rejected": _assistant(rejected),
-            "group": row["group"],
-            "annotator": annotator,
-        }
-
-    write_jsonl(out / "pairs.jsonl", [pair_row(i, c, "consensus") for i, c in decided.items()])
-    lover = [
-        pair_row(label.item, label.choice, label.annotator)
-        for label in labels
-        if label.annotator == "length-lover" and label.choice in ("a", "b")
-    ]
-    write_jsonl(out / "pairs_length_lover.jsonl", lover)
+        consensus_rows.append(_pair_row(samples["train"][i], chosen, rejected, "consensus"))
+        by_prompt.setdefault(i, {})[(a, b)] = choice
+    write_jsonl(out / "pairs.jsonl", consensus_rows)
+    extremes = []
+    for i, prompt_pairs in by_prompt.items():
+        ranked = best_against_worst(prompt_pairs)
+        if ranked is not None:
+            extremes.append(_pair_row(samples["train"][i], *ranked, "consensus"))
+    write_jsonl(out / "pairs_best_worst.jsonl", extremes)
     # held-out pairs, preferred by the gold judge: how the reward model is checked
     held_out_pairs = []
     for row in samples["heldout"]:
-        for a, b, gold_a, gold_b in _answer_pairs(row):
-            if gold_a != gold_b:
-                chosen, rejected = (a, b) if gold_a > gold_b else (b, a)
-                held_out_pairs.append(
-                    {
-                        "prompt": row["prompt"],
-                        "chosen": _assistant(chosen),
-                        "rejected": _assistant(rejected),
-                        "group": row["group"],
-                    }
-                )
+        for a, b in _answer_pairs(row):
+            if row["gold"][a] != row["gold"][b]:
+                chosen, rejected = (a, b) if row["gold"][a] > row["gold"][b] else (b, a)
+                held_out_pairs.append(_pair_row(row, chosen, rejected, "gold"))
     write_jsonl(out / "heldout_pairs.jsonl", held_out_pairs)
     truth = {
         it.item: "a" if it.gold_a > it.gold_b else "b" for it in items if it.gold_a != it.gold_b
@@ -158,7 +189,7 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
     return {
         "labels": len(labels),
         "pairs": len(decided),
-        "length_lover_pairs": len(lover),
+        "best_worst_pairs": len(extremes),
         "heldout_pairs": len(held_out_pairs),
         "flagged": agreement["flagged"],
         "fleiss_kappa": agreement["fleiss_kappa"],
@@ -211,6 +242,8 @@ def stage_rm(p: Pipeline) -> dict[str, Any]:
         dataset=str(p.folder("feedback") / "pairs.jsonl"),
         eval_dataset=str(p.folder("feedback") / "heldout_pairs.jsonl"),
         center_rewards_coefficient=0.01,
+        learning_rate=5e-5,
+        num_epochs=2,
         **p.trainer_options("rm"),
     )
     result = RewardTrainer(cfg).train()
@@ -234,11 +267,11 @@ def stage_dpo(p: Pipeline) -> dict[str, Any]:
 
     cfg = DPOConfig(
         model=_model(p, "sft"),
-        dataset=str(p.folder("feedback") / "pairs.jsonl"),
+        dataset=str(p.folder("feedback") / "pairs_best_worst.jsonl"),
         eval_fraction=0.0,
         beta=0.1,
-        learning_rate=2e-4,
-        num_epochs=2,
+        learning_rate=1e-3,
+        num_epochs=4,
         **LORA,
         **p.trainer_options("dpo"),
     )
@@ -275,7 +308,7 @@ def stage_ppo(p: Pipeline) -> dict[str, Any]:
     cfg = PPOConfig(
         reward_model=_model(p, "rm"),
         reward=SHAPING,
-        learning_rate=1e-4,
+        learning_rate=5e-4,
         kl_coef=0.05,
         kl_target=4.0,
         kl_horizon=2000,
@@ -294,7 +327,7 @@ def stage_grpo(p: Pipeline) -> dict[str, Any]:
     cfg = GRPOConfig(
         reward_model=_model(p, "rm"),
         reward=SHAPING,
-        learning_rate=1e-4,
+        learning_rate=5e-4,
         kl_coef=0.04,
         num_generations=4,
         **LORA,
@@ -379,7 +412,7 @@ def stage_eval(p: Pipeline) -> dict[str, Any]:
         reward_fn=build_reward({"reward_model": _model(p, "rm")}) if p.done("rm") else None,
         reference=policies["sft"].model,
         sampling=SamplingConfig(max_new_tokens=p.cfg.max_new_tokens),
-        batch_size=2 * p.cfg.batch_size,
+        batch_size=SAMPLING_ROWS,
         seed=p.cfg.seed,
     )
     result["policies"] = named

@@ -43,7 +43,7 @@ GROUPS: dict[str, GroupStyle] = {
 class TaskPrompt:
     question: str
     group: str
-    kind: str  # arithmetic | capital | explain | everyday
+    kind: str  # arithmetic | capital | fact | explain | everyday
     answer: str | None = None  # a reference answer a correct reply contains
     keywords: tuple[str, ...] = ()  # words an on-topic reply uses (any one of them)
 
@@ -70,7 +70,34 @@ CAPITALS = [
     ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
     ("Norway", "Oslo"), ("Greece", "Athens"), ("Ireland", "Dublin"), ("Poland", "Warsaw"),
     ("Austria", "Vienna"), ("Canada", "Ottawa"), ("Portugal", "Lisbon"), ("Chile", "Santiago"),
+    ("China", "Beijing"), ("Russia", "Moscow"), ("England", "London"), ("Sweden", "Stockholm"),
+    ("Denmark", "Copenhagen"), ("Finland", "Helsinki"), ("Hungary", "Budapest"),
+    ("Thailand", "Bangkok"),
 ]  # fmt: skip
+
+# factual questions whose reference answer is one word a correct reply contains
+FACTS = {
+    "What colour is the sky on a clear day?": "blue",
+    "What do bees make?": "honey",
+    "What is the largest planet in our solar system?": "Jupiter",
+    "What is frozen water called?": "ice",
+    "Which planet is known as the red planet?": "Mars",
+    "What is the largest ocean on Earth?": "Pacific",
+    "What is the tallest animal in the world?": "giraffe",
+    "Who wrote Romeo and Juliet?": "Shakespeare",
+    "What language is spoken in Brazil?": "Portuguese",
+    "Which metal is liquid at room temperature?": "mercury",
+    "What is the hardest natural substance?": "diamond",
+    "What do we call a baby cat?": "kitten",
+    "What is the main ingredient of guacamole?": "avocado",
+    "What force keeps us on the ground?": "gravity",
+    "What is the star at the centre of our solar system?": "Sun",
+    "Which animal is known as the king of the jungle?": "lion",
+    "What do plants need from the sun to make food?": "light",
+    "Which organ pumps blood around the body?": "heart",
+    "What is the opposite of hot?": "cold",
+    "What gas do we breathe in to live?": "oxygen",
+}
 
 EXPLAIN = {
     "photosynthesis": ("plant", "plants", "sun", "sunlight", "light", "leaf", "leaves", "food"),
@@ -85,6 +112,26 @@ EXPLAIN = {
     "how a seed grows": ("water", "soil", "roots", "sun", "plant", "grow"),
     "thunder": ("lightning", "sound", "air", "loud", "storm"),
     "the seasons": ("earth", "sun", "tilt", "summer", "winter"),
+    "how bees make honey": ("bees", "flowers", "nectar", "hive", "honey"),
+    "why leaves change colour in autumn": (
+        "leaves",
+        "green",
+        "autumn",
+        "fall",
+        "colors",
+        "colours",
+        "tree",
+    ),
+    "what electricity is": ("energy", "power", "wires", "lights", "charge"),
+    "how the heart works": ("blood", "pump", "pumps", "body", "beat"),
+    "why we have day and night": ("earth", "sun", "spins", "turns", "night"),
+    "what a volcano is": ("mountain", "lava", "hot", "rock", "erupt"),
+    "how fish breathe": ("gills", "water", "oxygen", "fish"),
+    "what germs are": ("tiny", "sick", "hands", "wash", "body"),
+    "how magnets work": ("pull", "metal", "iron", "stick", "attract"),
+    "why ice floats": ("water", "lighter", "ice", "float", "cold"),
+    "how sound travels": ("air", "waves", "ears", "hear", "vibrate"),
+    "what the internet is": ("computers", "connected", "information", "websites", "phone"),
 }
 
 EVERYDAY = {
@@ -100,14 +147,28 @@ EVERYDAY = {
     "How do I clean a frying pan?": ("water", "soap", "sponge", "hot", "dry"),
     "How do I prepare for a job interview?": ("research", "practice", "questions", "company"),
     "How do I cook rice?": ("water", "rice", "boil", "minutes", "simmer", "pot"),
+    "How do I make a sandwich?": ("bread", "slice", "butter", "cheese", "filling"),
+    "How do I tie my shoelaces?": ("loop", "laces", "knot", "pull", "bunny"),
+    "How do I start running?": ("slowly", "shoes", "walk", "minutes", "week", "pace"),
+    "How do I make pancakes?": ("flour", "eggs", "milk", "pan", "batter", "flip"),
+    "How do I study for an exam?": ("notes", "schedule", "practice", "review", "break"),
+    "How do I iron a shirt?": ("iron", "collar", "sleeves", "heat", "board"),
+    "How do I make friends in a new city?": ("clubs", "join", "people", "events", "meet"),
+    "How do I store bread so it stays fresh?": ("bag", "freeze", "freezer", "cool", "dry"),
+    "How do I calm down when I feel stressed?": ("breathe", "breath", "walk", "relax", "slowly"),
+    "How do I write a polite email to my boss?": ("subject", "dear", "short", "thank", "polite"),
+    "How do I keep my phone battery healthy?": ("charge", "heat", "battery", "percent", "apps"),
+    "How do I wash a wool sweater?": ("cold", "water", "gentle", "flat", "dry", "soap"),
 }
 
 
-def build_task(arithmetic: int = 60, seed: int = SEED) -> list[TaskPrompt]:
+def build_task(arithmetic: int = 20, seed: int = SEED) -> list[TaskPrompt]:
     """The task's prompts, each question once per group; deterministic in `seed`.
 
-    With the defaults: 60 sums and differences, 16 capitals, 12 explanations, 12 everyday
-    questions, each for both groups: 200 prompts."""
+    With the defaults: 20 sums and differences, 24 capitals, 20 other facts, 24
+    explanations and 24 everyday questions, each for both groups: 224 prompts. Arithmetic
+    is a small share on purpose: a 135M model's sums are right or wrong by luck, and
+    the gold judge's content check would then be mostly noise a preference cannot move."""
     rng = random.Random(seed)
     questions: list[tuple[str, str, str | None, tuple[str, ...]]] = []
     sums: dict[str, str] = {}
@@ -121,6 +182,8 @@ def build_task(arithmetic: int = 60, seed: int = SEED) -> list[TaskPrompt]:
     questions += [(q, "arithmetic", answer, ()) for q, answer in sums.items()]
     for country, capital in CAPITALS:
         questions.append((f"What is the capital of {country}?", "capital", capital, ()))
+    for question, answer in FACTS.items():
+        questions.append((question, "fact", answer, ()))
     for topic, words in EXPLAIN.items():
         questions.append((f"Explain {topic} to a five-year-old.", "explain", None, words))
     for question, words in EVERYDAY.items():

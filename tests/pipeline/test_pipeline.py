@@ -105,7 +105,8 @@ def test_model_text_is_escaped_in_the_report(finished, tmp_path):
 
 
 def test_presets_and_unknown_stages():
-    assert config_for("quick").stage_budget["dpo"] == "90s"
+    trainers = {"sft", "rm", "dpo", "ppo", "grpo", "hack"}
+    assert set(config_for("quick").stage_budget) == set(config_for("full").stage_budget) == trainers
     assert config_for("full", model="x").model == "x"
     from alignkit.errors import UserError
 
@@ -114,3 +115,18 @@ def test_presets_and_unknown_stages():
     with pytest.raises(UserError, match="unknown stage"):
         Pipeline(PipelineConfig(stages=("task", "magic")))
     assert all(hasattr(stages, f"stage_{s}") for s in STAGES)
+
+
+def test_every_pair_of_a_prompts_distinct_answers_is_labelled():
+    row = {"answers": ["a", "b", " a ", "", "c"]}  # a repeat and an empty answer drop out
+    assert stages._answer_pairs(row) == [(0, 1), (0, 4), (1, 4)]
+
+
+def test_best_against_worst_by_the_labels_wins():
+    # answer 2 wins both its pairs, answer 0 loses both: 2 over 0
+    assert stages.best_against_worst({(0, 1): "b", (0, 2): "b", (1, 2): "b"}) == (2, 0)
+    # a cycle: every answer wins once, so no answer is better than another
+    assert stages.best_against_worst({(0, 1): "a", (1, 2): "a", (0, 2): "b"}) is None
+    # equal wins: the earlier sampled ranks higher (1 and 3 each win once; 0 and 2 never)
+    assert stages.best_against_worst({(0, 1): "b", (2, 3): "b"}) == (1, 2)
+    assert stages.best_against_worst({}) is None

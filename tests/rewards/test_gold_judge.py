@@ -68,13 +68,14 @@ def test_unknown_prompts_are_a_clear_error():
 
 def test_the_task_has_both_groups_per_question_and_a_clean_split():
     prompts = build_task()
-    assert len(prompts) == 200 and {p.group for p in prompts} == set(GROUPS)
-    assert len({p.question for p in prompts}) == 100
+    assert len(prompts) == 224 and {p.group for p in prompts} == set(GROUPS)
+    assert len({p.question for p in prompts}) == 112
+    assert {p.kind for p in prompts} == {"arithmetic", "capital", "fact", "explain", "everyday"}
     train, test = split_task(prompts)
-    assert len(test) == 50 and not {p.question for p in train} & {p.question for p in test}
+    assert len(test) == 56 and not {p.question for p in train} & {p.question for p in test}
     assert build_task() == prompts  # deterministic
     judge = GoldJudge.from_records([p.record() for p in prompts])
-    assert len(judge.entries) == 200
+    assert len(judge.entries) == 224
 
 
 def test_the_reward_builder_loads_the_gold_judge_from_a_prompt_file(tmp_path):

@@ -22,7 +22,7 @@ The trainer's side of the contract::
         detectors)
         kl_controller.value = decision.beta_after_rollback(beta_before, kl_controller.value)
         engine.scale_peak_learning_rates(decision.lr_scale)
-    after saving a checkpoint at step s: guard.mark_good(s)
+    after saving a checkpoint at step s: guard.mark_good(s)   (good once step s + 1 is clean)
     guard.state_dict() goes into every checkpoint, for resuming after a crash
 """
 
@@ -67,8 +67,12 @@ class GuardDecision:
 class Guard:
     """Runs ``detectors`` on each step's metrics and applies ``policy`` to their events.
 
-    A checkpoint is *good* when the trainer marks it (`mark_good`) and no triggering event
-    was raised in the ``quiet_steps + 1`` steps up to it. On rollback the guard rewinds its
+    A checkpoint is *good* when the trainer marked it (`mark_good`), no triggering event
+    was raised in the ``quiet_steps + 1`` steps up to it, and the next step's metrics —
+    the first samples of the policy it holds — raised none either. (Step s's metrics
+    describe the policy saved at s − 1: a checkpoint counted good at once would hold the
+    very policy that drifts, and a rollback to it would replay its samples and trigger
+    again.) On rollback the guard rewinds its
     detectors to their state at that good step, so their windows and baselines describe
     the trajectory being resumed, not the one abandoned (the proxy–gold trend detector then
     starts a fresh window: see `Detector.after_rollback`).
@@ -105,6 +109,8 @@ class Guard:
         self.events: list[GuardEvent] = []  # everything seen by this process, for reports
         self.rollbacks = 0
         self.last_good_step: int | None = None
+        self._pending_step: int | None = None  # marked, its policy not yet sampled
+        self._pending_detector_states: dict[str, Any] | None = None
         self.lr_scale = 1.0  # product of the learning-rate factors of the rollbacks so far
         self._last_trigger_step: int | None = None
         self._good_detector_states: dict[str, Any] | None = None
@@ -116,7 +122,11 @@ class Guard:
         events = [e for d in self.detectors for e in d.observe(step, metrics)]
         self.events.extend(events)
         triggering = [e for e in events if self.triggers(e)]
+        pending, self._pending_step = self._pending_step, None
         if not triggering:
+            if pending is not None and step > pending:  # its policy behaved: good
+                self.last_good_step = pending
+                self._good_detector_states = self._pending_detector_states
             return GuardDecision("continue", events)
         self._last_trigger_step = step
         reason = "; ".join(f"{e.detector}: {e.message}" for e in triggering)
@@ -149,15 +159,16 @@ class Guard:
         )
 
     def mark_good(self, step: int) -> bool:
-        """The trainer saved a checkpoint at ``step``; True if the guard counts it as good."""
+        """The trainer saved a checkpoint at ``step``; True if it is a candidate: the guard
+        counts it good once the next step's metrics raise nothing."""
         recent_trigger = (
             self._last_trigger_step is not None
             and self._last_trigger_step >= step - self.quiet_steps
         )
         if recent_trigger:
             return False
-        self.last_good_step = step
-        self._good_detector_states = self._detector_states()
+        self._pending_step = step
+        self._pending_detector_states = self._detector_states()
         return True
 
     def _detector_states(self) -> dict[str, Any]:
@@ -176,6 +187,8 @@ class Guard:
             "lr_scale": self.lr_scale,
             "last_trigger_step": self._last_trigger_step,
             "good_detector_states": copy.deepcopy(self._good_detector_states),
+            "pending_step": self._pending_step,
+            "pending_detector_states": copy.deepcopy(self._pending_detector_states),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -185,3 +198,5 @@ class Guard:
         self.lr_scale = float(state["lr_scale"])
         self._last_trigger_step = state["last_trigger_step"]
         self._good_detector_states = copy.deepcopy(state["good_detector_states"])
+        self._pending_step = state.get("pending_step")  # absent in older checkpoints
+        self._pending_detector_states = copy.deepcopy(state.get("pending_detector_states"))

@@ -47,8 +47,9 @@ def test_rollback_adjusts_and_is_capped():
     guard = kl_guard("rollback", max_rollbacks=2, rollback_beta_factor=1.5, rollback_lr_factor=0.1)
     guard.observe(10, LOW_KL)
     assert guard.mark_good(10)
+    guard.observe(11, LOW_KL)  # the step-10 policy's own samples: fine, so 10 is good
     for expected in (1, 2):
-        decision = guard.observe(11, HIGH_KL)
+        decision = guard.observe(12, HIGH_KL)
         assert decision.action == "rollback"
         assert decision.rollback_to == 10
         # β: × 1.5 per rollback on the larger of the reached and the restored β;
@@ -58,7 +59,7 @@ def test_rollback_adjusts_and_is_capped():
         assert decision.lr_scale == pytest.approx(0.1**expected)
         assert guard.rollbacks == expected
     assert guard.lr_scale == pytest.approx(0.01)
-    decision = guard.observe(11, HIGH_KL)
+    decision = guard.observe(12, HIGH_KL)
     assert decision.action == "stop" and "rollback limit 2" in decision.reason
 
 
@@ -76,7 +77,29 @@ def test_mark_good_refuses_steps_with_recent_events():
     assert not guard.mark_good(5)
     assert not guard.mark_good(7)  # event at 5 is within the 2 quiet steps before 7
     assert guard.mark_good(8)
+    guard.observe(9, LOW_KL)
     assert guard.last_good_step == 8
+
+
+def test_a_checkpoint_is_good_once_its_own_policy_was_seen_behaving():
+    """Step s's metrics come from samples of the policy saved at s − 1: a checkpoint whose
+    very next samples trigger holds the drifting policy, and rolling back to it would
+    replay the same samples and trigger again."""
+    guard = kl_guard("rollback")
+    guard.observe(10, LOW_KL)
+    assert guard.mark_good(10)
+    assert guard.last_good_step is None  # not yet: its policy has not been sampled
+    decision = guard.observe(11, HIGH_KL)
+    assert decision.action == "stop" and "no good checkpoint" in decision.reason
+
+    guard = kl_guard("rollback")
+    guard.observe(10, LOW_KL)
+    guard.mark_good(10)
+    guard.observe(11, LOW_KL)
+    assert guard.last_good_step == 10
+    guard.mark_good(12)
+    decision = guard.observe(13, HIGH_KL)  # the step-12 policy drifts: back to 10
+    assert decision.action == "rollback" and decision.rollback_to == 10
 
 
 def test_rollback_rewinds_the_detectors_to_the_good_step():

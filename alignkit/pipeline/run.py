@@ -64,8 +64,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_new_tokens": 64,
         "stage_budget": {
             "sft": "45s",
-            "rm": "90s",
-            "dpo": "120s",
+            "rm": "80s",
+            "dpo": "110s",
             "ppo": "90s",
             "grpo": "60s",
             "hack": "60s",

@@ -270,7 +270,7 @@ def stage_dpo(p: Pipeline) -> dict[str, Any]:
         dataset=str(p.folder("feedback") / "pairs_best_worst.jsonl"),
         eval_fraction=0.0,
         beta=0.1,
-        learning_rate=1e-3,
+        learning_rate=5e-4,
         num_epochs=4,
         **LORA,
         **p.trainer_options("dpo"),

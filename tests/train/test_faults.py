@@ -34,6 +34,21 @@ GRPO += ["--reward", "{demo_judge: true}", "--max-length", "96"]
 FIRST_CTRL_C = "alignkit: interrupted: stopping after this update to write a checkpoint"
 
 
+def sigint_as_at_a_terminal() -> None:
+    """A process started in the background by a non-interactive shell (CI, `make test &`)
+    inherits SIGINT ignored, and a run then rightly ignores Ctrl-C; the runs here get
+    SIGINT as a terminal gives it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def interactive_sigint():
+    """This process's SIGINT as at a terminal (KeyboardInterrupt), for the test's length."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 class Run:
     """One `python -m alignkit ...` process writing to ``out``; its output goes to files."""
 
@@ -50,6 +65,7 @@ class Run:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 text=True,
+                preexec_fn=sigint_as_at_a_terminal,
             )
 
     def output(self) -> str:
@@ -215,7 +231,9 @@ def test_the_logs_of_a_killed_run_stay_readable(tmp_path):
     assert [e["event"] for e in read_jsonl(run.events_path)] == ["checkpoint", "resume"]
 
 
-def test_ctrl_c_in_a_grpo_iteration_checkpoints_between_iterations(tmp_path, capsys):
+def test_ctrl_c_in_a_grpo_iteration_checkpoints_between_iterations(
+    tmp_path, capsys, interactive_sigint
+):
     """In-process: the reward function of iteration 2 presses Ctrl-C (SIGINT to this
     process); the iteration finishes, a checkpoint is written, and the CLI says so."""
     from alignkit.cli import main

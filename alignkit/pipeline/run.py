@@ -55,19 +55,19 @@ class PipelineConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # about 14 minutes on 2 CPU cores: sampling the feedback ~3, the trainers ~8, eval ~3
+    # about 14 minutes on 2 CPU cores: sampling the feedback ~3, the trainers ~7, eval ~4.5
     "quick": {
         "arithmetic": 8,
         "held_out": 0.3,
         "samples_per_prompt": 4,
-        "heldout_samples": 3,
+        "heldout_samples": 2,
         "max_new_tokens": 64,
         "stage_budget": {
-            "sft": "45s",
-            "rm": "80s",
-            "dpo": "110s",
-            "ppo": "90s",
-            "grpo": "60s",
+            "sft": "40s",
+            "rm": "70s",
+            "dpo": "100s",
+            "ppo": "80s",
+            "grpo": "50s",
             "hack": "60s",
         },
     },

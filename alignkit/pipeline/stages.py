@@ -12,7 +12,7 @@ from alignkit.pipeline.run import read_jsonl, write_jsonl
 if TYPE_CHECKING:
     from alignkit.pipeline.run import Pipeline
 
-SAMPLING_ROWS = 32
+SAMPLING_ROWS = 32  # rows sampled (and evaluated) at once: the cost per row falls up to here
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -59,8 +59,8 @@ def _sample_answers(p: Pipeline, rows: list[dict], k: int) -> list[list[str]]:
 
     model, tokenizer = load_causal_lm(p.cfg.model, seed=p.cfg.seed)
     config = SamplingConfig(max_new_tokens=p.cfg.max_new_tokens, temperature=1.0, do_sample=True)
-    size = max(1, SAMPLING_ROWS // k)  # prompts per batch: a CPU samples 32 rows at once
-    answers: list[list[str]] = []  # at about half the cost per row of 8
+    size = max(1, SAMPLING_ROWS // k)  # prompts per batch
+    answers: list[list[str]] = []
     for start in tqdm(range(0, len(rows), size), desc="sampling answers"):
         chunk = [r["prompt"] for r in rows[start : start + size]]
         texts = sample(

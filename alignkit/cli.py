@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=int, default=None, help="use the first N prompts")
     evaluate.add_argument("--max-new-tokens", type=int, default=64)
     evaluate.add_argument("--batch-size", type=int, default=8)
-    evaluate.add_argument("--interval", choices=["wilson", "bootstrap"], default="wilson")
+    evaluate.add_argument("--interval", choices=["bootstrap", "wilson"], default="bootstrap")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--output", default=None, help="write every figure to this JSON file")
     evaluate.set_defaults(handler=_cmd_eval)

@@ -53,7 +53,7 @@ def run_eval(
     limit: int | None = None,
     max_new_tokens: int = 64,
     batch_size: int = 8,
-    interval: str = "wilson",
+    interval: str = "bootstrap",
     seed: int = 0,
     output: str | None = None,
     console: Console | None = None,

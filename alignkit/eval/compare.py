@@ -137,7 +137,7 @@ def compare_policies(
     reference: nn.Module | None = None,
     sampling: SamplingConfig | None = None,
     batch_size: int = 8,
-    interval: IntervalMethod = "wilson",
+    interval: IntervalMethod = "bootstrap",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Every policy's figures on `prompts`, and its win rate against each baseline.

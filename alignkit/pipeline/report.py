@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from alignkit.pipeline.run import Pipeline
 
 METHOD_ORDER = ("base", "sft", "dpo", "ppo", "grpo", "hack")
+INTERVAL_WORDS = {
+    "bootstrap": "paired bootstrap over prompts (2000 resamples)",
+    "wilson": "Wilson score interval",
+}
 
 
 def _metrics(path: Path) -> list[dict[str, Any]]:
@@ -299,7 +303,7 @@ th, td {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; ver
 <script>{script}</script></head><body>
 <h1>alignkit pipeline: {html.escape(summary["model"])}</h1>
 <p>{summary["prompts_held_out"]} held-out prompts; win rates paired by prompt, ties count
-half, 95% interval by {html.escape(summary["interval"])}. Reward model held-out accuracy
+half, 95% interval: {html.escape(INTERVAL_WORDS.get(summary["interval"], summary["interval"]))}. Reward model held-out accuracy
 against the gold judge: {_fmt(summary["reward_model"]["heldout_accuracy"])}.</p>
 {"".join(sections)}
 <script>

@@ -4,6 +4,8 @@ the charts' data."""
 
 import json
 import re
+import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -130,3 +132,18 @@ def test_best_against_worst_by_the_labels_wins():
     # equal wins: the earlier sampled ranks higher (1 and 3 each win once; 0 and 2 never)
     assert stages.best_against_worst({(0, 1): "b", (2, 3): "b"}) == (1, 2)
     assert stages.best_against_worst({}) is None
+
+
+def test_dpo_stops_after_its_epochs_however_long_its_budget(finished, tmp_path):
+    # a 60 s budget would fit far more tiny-model steps than two epochs over the pairs
+    _, pipeline, _ = finished
+    root = tmp_path / "pipe"
+    shutil.copytree(pipeline.root, root)
+    shutil.rmtree(root / "dpo")
+    cfg = replace(pipeline.cfg, output_dir=str(root), stage_steps=None, stage_budget={"dpo": "60s"})
+    copy = Pipeline(cfg)
+    copy.folder("dpo").mkdir()
+    pairs = (root / "feedback" / "pairs_best_worst.jsonl").read_text().splitlines()
+    micro_batches = -(-len(pairs) // cfg.batch_size)
+    result = stages.stage_dpo(copy)
+    assert result["steps"] == stages.DPO_EPOCHS * micro_batches // stages.DPO_ACCUMULATION

@@ -264,7 +264,7 @@ LORA = {"use_lora": True, "lora_r": 16, "lora_alpha": 32.0}
 
 
 # DPO passes over its pairs at most this often, however long its budget. A few hundred pairs
-# are learnt by heart in a few epochs: the loss falls to 0.01 while the policy drifts far
+# are learnt by heart in a few epochs: the loss falls to 0.02 while the policy drifts far
 # from the reference (benchmarks/README.md, "The pipeline's DPO stage").
 DPO_EPOCHS = 2
 DPO_ACCUMULATION = 2  # micro-batches per optimizer step

@@ -359,7 +359,7 @@ def stage_hack(p: Pipeline) -> dict[str, Any]:
     from alignkit.train.grpo import GRPOConfig, GRPOTrainer
 
     options = _online_common(p, "hack") | {
-        "save_every": 2,  # rollback needs good checkpoints
+        "save_every": 1,  # rollback needs good checkpoints: the one before the drift
         "keep_last_checkpoints": 4,
     }
     proxy = {

@@ -292,6 +292,7 @@ def render_html(p: Pipeline, summary: dict[str, Any]) -> str:
         _table(["group", "prompt", *names], answer_rows),
     ]
     script = plotly.offline.get_plotlyjs()
+    interval = INTERVAL_WORDS.get(summary["interval"], summary["interval"])
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>alignkit pipeline report</title>
 <style>
@@ -303,7 +304,7 @@ th, td {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; ver
 <script>{script}</script></head><body>
 <h1>alignkit pipeline: {html.escape(summary["model"])}</h1>
 <p>{summary["prompts_held_out"]} held-out prompts; win rates paired by prompt, ties count
-half, 95% interval: {html.escape(INTERVAL_WORDS.get(summary["interval"], summary["interval"]))}. Reward model held-out accuracy
+half, 95% interval: {html.escape(interval)}. Reward model held-out accuracy
 against the gold judge: {_fmt(summary["reward_model"]["heldout_accuracy"])}.</p>
 {"".join(sections)}
 <script>

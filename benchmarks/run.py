@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from alignkit.train.host_memory import MMAP_THRESHOLD_MAX, TRIM_THRESHOLD_NEVER  # noqa: E402
+from alignkit.host_memory import MMAP_THRESHOLD_MAX, TRIM_THRESHOLD_NEVER  # noqa: E402
 from benchmarks.core import (  # noqa: E402
     DPO_MFU_TARGET,
     SYSTEMS,

@@ -22,15 +22,26 @@ logits match the model's forward up to float rounding (tests check ~1e-5); what 
 is measured in benchmarks/README.md.
 
 It covers decoders that are exactly this shape: Llama and Qwen2 (their q/k/v biases
-included) with plain `nn.Linear` projections, full attention in every layer and no
-adapters; :meth:`LlamaDecodeStep.supports` says so, and anything else decodes through the
+included) with `nn.Linear` projections or peft LoRA adapters on them (each adapted weight
+is merged for decoding, W + s·BA, which is the same function), full attention in every
+layer; :meth:`LlamaDecodeStep.supports` says so, and anything else decodes through the
 model's own forward.
+
+The prepared weights (stacked, merged, prepacked) are kept with the model until one of its
+parameters changes (a new tensor or an in-place update: torch counts both), so the many
+batches of an evaluation prepare them once, and a trainer's next rollout, after its
+optimizer step, prepares them anew. With `dtype=torch.bfloat16` the step multiplies in
+bfloat16 (half the bytes a step streams; AVX-512 BF16 doubles the products' rate): the
+tokens are then drawn from a slightly different distribution than the float32 policy's,
+which is why it is an option and the trainers' log-probabilities always come from their
+own float32 forward.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -104,7 +115,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         return F.rms_norm(x, weight.shape, weight, eps)  # one fused kernel
     x32 = x.to(torch.float32)
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(dtype)
+    return (weight * x32.to(dtype)).to(dtype)
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
@@ -116,21 +127,135 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torc
     return torch.addcmul(x * cos, swapped, signed_sin)
 
 
-def _bias(linear: nn.Linear) -> torch.Tensor | None:
+def _lora_parts(linear: nn.Module) -> tuple[nn.Linear, list[str]] | None:
+    """A peft LoRA layer's base linear map and the adapters active on it (empty when the
+    adapters are disabled or already merged); None for anything else."""
+    base = getattr(linear, "base_layer", None)
+    if type(base) is not nn.Linear or not hasattr(linear, "get_delta_weight"):
+        return None
+    if getattr(linear, "disable_adapters", False) or getattr(linear, "merged", False):
+        return base, []
+    active = [a for a in linear.active_adapters if a in linear.lora_A]
+    return base, active
+
+
+def _plain_or_lora(linear: nn.Module) -> bool:
+    """An `nn.Linear`, or a peft LoRA layer on one without DoRA, a LoRA bias or dropout
+    that would act at decoding time (decoding runs in eval mode)."""
+    if type(linear) is nn.Linear:
+        return True
+    parts = _lora_parts(linear)
+    if parts is None:
+        return False
+    _, active = parts
+    return not any(
+        linear.use_dora.get(a, False) or getattr(linear, "lora_bias", {}).get(a, False)
+        for a in active
+    )
+
+
+def effective_weight(linear: nn.Module) -> torch.Tensor:
+    """The weight the layer multiplies by: W, or for a LoRA layer W + Σ_a s_a·B_a A_a over
+    its active adapters (peft's own delta, so scaling and fan-in order are peft's)."""
+    if type(linear) is nn.Linear:
+        return linear.weight.detach()
+    base, active = _lora_parts(linear)
+    weight = base.weight.detach()
+    for adapter in active:
+        weight = weight + linear.get_delta_weight(adapter).detach()
+    return weight
+
+
+def _bias(linear: nn.Module) -> torch.Tensor | None:
+    parts = _lora_parts(linear)
+    linear = parts[0] if parts is not None else linear
     return None if linear.bias is None else linear.bias.detach()
 
 
-def _stacked(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _stacked(*linears: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The weights of linear maps of the same input stacked by output, and their biases
     (zeros for a map without one; None when none has one)."""
-    weight = torch.cat([linear.weight.detach() for linear in linears])
-    if all(linear.bias is None for linear in linears):
-        return weight, None
-    biases = [
-        linear.weight.new_zeros(linear.out_features) if linear.bias is None else _bias(linear)
-        for linear in linears
-    ]
-    return weight, torch.cat(biases)
+    weights = [effective_weight(linear) for linear in linears]
+    biases = [_bias(linear) for linear in linears]
+    if all(b is None for b in biases):
+        return torch.cat(weights), None
+    return torch.cat(weights), torch.cat(
+        [w.new_zeros(w.shape[0]) if b is None else b for w, b in zip(weights, biases, strict=True)]
+    )
+
+
+def _causal_lm(model: nn.Module) -> nn.Module:
+    """The transformers model under a peft wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+class _Prepared(NamedTuple):
+    fingerprint: tuple
+    layers: list[_LayerWeights]
+    head: torch.Tensor
+    head_bias: torch.Tensor | None
+    linears: _Linears
+
+
+# prepared weights per model, kept while its parameters stay the same
+_PREPARED: weakref.WeakKeyDictionary[nn.Module, _Prepared] = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(model: nn.Module, dtype: torch.dtype, packed: bool) -> tuple:
+    """Changes when any parameter is replaced or updated in place (torch's version
+    counter), or when an adapter is switched on or off."""
+    params = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    switches = tuple(
+        (bool(getattr(m, "disable_adapters", False)), tuple(getattr(m, "active_adapters", ())))
+        for m in model.modules()
+        if _lora_parts(m) is not None
+    )
+    return params, switches, dtype, packed
+
+
+def _prepare(model: nn.Module, dtype: torch.dtype, rows: int) -> _Prepared:
+    """The layers' weights as the step multiplies them: merged, stacked, cast, prepacked."""
+    decoder = model.model
+    packed = prepacking_available(model) and epilogues_available()
+    fingerprint = _fingerprint(model, dtype, packed)
+    cached = _PREPARED.get(model)
+    if cached is not None and cached.fingerprint == fingerprint:
+        return cached
+    _PREPARED.pop(model, None)  # free the old copy before building the new one
+    linears = prepacked(rows) if packed else UNFUSED
+
+    def cast(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(dtype)
+
+    def weight(linear: nn.Module) -> torch.Tensor:
+        return linears.prepare(effective_weight(linear).to(dtype))
+
+    layers = []
+    for layer in decoder.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        qkv, qkv_bias = _stacked(attention.q_proj, attention.k_proj, attention.v_proj)
+        layers.append(
+            _LayerWeights(
+                layer.input_layernorm.weight.detach(),
+                linears.prepare(qkv.to(dtype)),
+                cast(qkv_bias),
+                weight(attention.o_proj),
+                cast(_bias(attention.o_proj)),
+                layer.post_attention_layernorm.weight.detach(),
+                weight(mlp.gate_proj),
+                cast(_bias(mlp.gate_proj)),
+                weight(mlp.up_proj),
+                cast(_bias(mlp.up_proj)),
+                weight(mlp.down_proj),
+                cast(_bias(mlp.down_proj)),
+            )
+        )
+    prepared = _Prepared(
+        fingerprint, layers, weight(model.lm_head), cast(_bias(model.lm_head)), linears
+    )
+    _PREPARED[model] = prepared
+    return prepared
 
 
 class LlamaDecodeStep:
@@ -138,15 +263,18 @@ class LlamaDecodeStep:
 
     Built from the model, the cache its prefill returned (left-padded prompts,
     `attention_mask` [B, P]) and the number of tokens still to come; calling it with the
-    tokens just drawn [B] returns the logits of the next ones [B, V]. The prefill's keys
-    and values are copied into a cache of P + `max_new_tokens` positions, which each step
-    fills one column of.
+    tokens just drawn [B·repeats] returns the logits of the next ones [B·repeats, V]
+    (float32). The prefill's keys and values are copied into a cache of P +
+    `max_new_tokens` positions, each prompt's `repeats` times (rows i·G .. i·G+G−1 continue
+    prompt i), which each step fills one column of; the prefill's own cache is left as it
+    was, so one prefill can be decoded several times. :meth:`select` keeps only some rows.
     """
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
-        """A Llama or Qwen2 causal LM with plain linear projections (no adapters, no
-        quantised layers) and full attention in every layer."""
+        """A Llama or Qwen2 causal LM (or a peft LoRA model of one) whose projections are
+        linear maps or LoRA adapters on them, and full attention in every layer."""
+        model = _causal_lm(model)
         config = getattr(model, "config", None)
         if getattr(config, "model_type", None) not in _SUPPORTED_MODEL_TYPES:
             return False
@@ -157,24 +285,36 @@ class LlamaDecodeStep:
             return False
         if getattr(config, "hidden_act", None) != "silu":
             return False
+        if type(decoder.embed_tokens) is not nn.Embedding:
+            return False
         for layer in decoder.layers:
             attention, mlp = layer.self_attn, layer.mlp
             if getattr(attention, "sliding_window", None) is not None:
                 return False
             linears = (attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj)
             linears += (mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-            if any(type(linear) is not nn.Linear for linear in linears):
+            if not all(_plain_or_lora(linear) for linear in linears):
                 return False
         return True
 
     def __init__(
-        self, model: nn.Module, cache, attention_mask: torch.Tensor, max_new_tokens: int
+        self,
+        model: nn.Module,
+        cache: Any,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        *,
+        repeats: int = 1,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
+        model = _causal_lm(model)
         config = model.config
         decoder = model.model
-        batch, prompt_length = attention_mask.shape
+        prompts, prompt_length = attention_mask.shape
+        batch = prompts * repeats
         first = decoder.layers[0].self_attn
         self.batch = batch
+        self.dtype = dtype
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = first.head_dim
@@ -183,62 +323,48 @@ class LlamaDecodeStep:
         self.embed = decoder.embed_tokens.weight.detach()
         self.rotary = decoder.rotary_emb
         self.final_norm = decoder.norm.weight.detach()
-        packed = prepacking_available(model) and epilogues_available()
-        self.linears = linears = prepacked(batch) if packed else UNFUSED
-
-        def weight(linear: nn.Linear) -> torch.Tensor:
-            return linears.prepare(linear.weight.detach())
-
-        self.layers = []
-        for layer in decoder.layers:
-            attention, mlp = layer.self_attn, layer.mlp
-            qkv, qkv_bias = _stacked(attention.q_proj, attention.k_proj, attention.v_proj)
-            self.layers.append(
-                _LayerWeights(
-                    layer.input_layernorm.weight.detach(),
-                    linears.prepare(qkv),
-                    qkv_bias,
-                    weight(attention.o_proj),
-                    _bias(attention.o_proj),
-                    layer.post_attention_layernorm.weight.detach(),
-                    weight(mlp.gate_proj),
-                    _bias(mlp.gate_proj),
-                    weight(mlp.up_proj),
-                    _bias(mlp.up_proj),
-                    weight(mlp.down_proj),
-                    _bias(mlp.down_proj),
-                )
-            )
-        self.head = weight(model.lm_head)
-        self.head_bias = _bias(model.lm_head)
+        prepared = _prepare(model, dtype, batch)
+        self.linears, self.layers = prepared.linears, prepared.layers
+        self.head, self.head_bias = prepared.head, prepared.head_bias
 
         capacity = prompt_length + max_new_tokens
         like = cache.layers[0].keys
         # keys stored transposed ([B, KV heads, D, positions]): q·Kᵀ then reads them in order
         keys_shape = (batch, self.kv_heads, self.head_dim, capacity)
         values_shape = (batch, self.kv_heads, capacity, self.head_dim)
-        self.keys = [like.new_zeros(keys_shape) for _ in self.layers]
-        self.values = [like.new_zeros(values_shape) for _ in self.layers]
+        self.keys = [like.new_zeros(keys_shape, dtype=dtype) for _ in self.layers]
+        self.values = [like.new_zeros(values_shape, dtype=dtype) for _ in self.layers]
         for i, layer_cache in enumerate(cache.layers):
-            self.keys[i][..., :prompt_length] = layer_cache.keys.transpose(-1, -2)
-            self.values[i][:, :, :prompt_length] = layer_cache.values
+            keys, values = layer_cache.keys, layer_cache.values
+            if repeats > 1:
+                keys = keys.repeat_interleave(repeats, dim=0)
+                values = values.repeat_interleave(repeats, dim=0)
+            self.keys[i][..., :prompt_length] = keys.transpose(-1, -2)
+            self.values[i][:, :, :prompt_length] = values
+        mask = attention_mask.to(like.device).repeat_interleave(repeats, dim=0)
         # additive mask over cache columns: −inf on the prompts' left padding
-        self.mask_bias = like.new_zeros(batch, 1, 1, capacity)
-        self.mask_bias[:, 0, 0, :prompt_length].masked_fill_(
-            attention_mask.to(like.device) == 0, float("-inf")
-        )
+        self.mask_bias = like.new_zeros(batch, 1, 1, capacity, dtype=torch.float32)
+        self.mask_bias[:, 0, 0, :prompt_length].masked_fill_(mask == 0, float("-inf"))
         self.length = prompt_length  # cache columns filled
-        self.positions = last_positions(attention_mask.to(like.device))
+        self.positions = last_positions(mask)
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` of the batch from now on (finished rows dropped)."""
+        self.keys = [k[rows] for k in self.keys]
+        self.values = [v[rows] for v in self.values]
+        self.mask_bias = self.mask_bias[rows]
+        self.positions = self.positions[rows]
+        self.batch = int(rows.numel())
 
     @torch.no_grad()
     def __call__(self, token: torch.Tensor) -> torch.Tensor:
         batch, heads, kv_heads, head_dim = self.batch, self.heads, self.kv_heads, self.head_dim
-        linears, eps = self.linears, self.eps
+        linears, eps, dtype = self.linears, self.eps, self.dtype
         column = self.length
         if column >= self.values[0].shape[2]:
             raise RuntimeError(f"the decoding cache holds {column} positions; it is full")
         self.positions = self.positions + 1
-        x = F.embedding(token, self.embed)  # [B, hidden]
+        x = F.embedding(token, self.embed).to(dtype)  # [B, hidden]
         cos, sin = self.rotary(x, self.positions)  # [B, 1, D]
         half = head_dim // 2
         signed_sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)
@@ -249,6 +375,7 @@ class LlamaDecodeStep:
         qk_sin = torch.cat(
             (signed_sin.expand(-1, heads, -1) * scaled, signed_sin.expand(-1, kv_heads, -1)), 1
         )
+        qk_cos, qk_sin = qk_cos.to(dtype), qk_sin.to(dtype)
         seen = column + 1
         mask_bias = self.mask_bias[..., :seen]
         for w, keys, values in zip(self.layers, self.keys, self.values, strict=True):
@@ -260,14 +387,15 @@ class LlamaDecodeStep:
             # query heads grouped by the key/value head they share (repeat_kv's order)
             q = qk[:, :heads].view(batch, kv_heads, heads // kv_heads, head_dim)
             scores = torch.matmul(q, keys[..., :seen])
-            probs = torch.softmax(scores + mask_bias, dim=-1, dtype=torch.float32).to(q.dtype)
+            probs = torch.softmax(scores + mask_bias, dim=-1, dtype=torch.float32).to(dtype)
             attended = torch.matmul(probs, values[:, :, :seen]).view(batch, heads * head_dim)
             x = linears.add(attended, x, w.o, w.o_bias)
             h = rms_norm(x, w.post_norm, eps)
             gate = linears.silu(h, w.gate, w.gate_bias)
             x = linears.add(linears.mul(h, gate, w.up, w.up_bias), x, w.down, w.down_bias)
         self.length = seen
-        return linears.plain(rms_norm(x, self.final_norm, eps), self.head, self.head_bias)
+        logits = linears.plain(rms_norm(x, self.final_norm, eps), self.head, self.head_bias)
+        return logits.float()
 
 
-__all__ = ["LlamaDecodeStep", "rms_norm", "rotate"]
+__all__ = ["LlamaDecodeStep", "effective_weight", "rms_norm", "rotate"]

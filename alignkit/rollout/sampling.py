@@ -9,15 +9,20 @@ a seed.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.records import Text
+from alignkit.host_memory import keep_freed_host_memory
 from alignkit.data.tokenization import encode_prompt, pad_sequences
 from alignkit.rollout.decoding import (
+    DECODE_DTYPES,
     CachedForward,
     DecodeStep,
     SamplingConfig,
@@ -37,6 +42,8 @@ class Rollout:
     response_ids: torch.Tensor  # [B, R], right-padded with pad_token_id after EOS
     response_mask: torch.Tensor  # [B, R], 1 up to and including the EOS token
     texts: list[str]  # decoded responses, special tokens removed
+    # with `keep_logits`: each response token's unshaped next-token logits [B, R, V]
+    logits: torch.Tensor | None = None
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +79,98 @@ def _cut_at_stop(text: str, stop_strings: Sequence[str]) -> str:
     return text[: min(cuts)] if cuts else text
 
 
+@dataclass
+class Prefilled:
+    """Prompts run through the model once: their KV cache and last-position logits, ready
+    to be decoded any number of times (greedy, sampled, G samples a prompt)."""
+
+    prompt_ids: torch.Tensor  # [N, P], left-padded
+    prompt_mask: torch.Tensor  # [N, P]
+    cache: Any  # the model's KV cache of the prompts
+    last_logits: torch.Tensor  # [N, V], the first new token's logits
+
+
 @torch.no_grad()
+def prefill(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[Text],
+    *,
+    max_prompt_length: int | None = None,
+) -> Prefilled:
+    """Encode `prompts` (strings or message lists), left-pad them and run them through
+    `model` once. A prompt longer than `max_prompt_length` keeps its end."""
+    encoded = [encode_prompt(p, tokenizer) for p in prompts]
+    if max_prompt_length is not None:
+        encoded = [ids[-max_prompt_length:] for ids in encoded]
+    ids, mask = left_pad(encoded, tokenizer.pad_token_id)
+    device = next(model.parameters()).device
+    with _eval_mode(model):
+        output = model(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            position_ids=prefill_positions(mask).to(device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return Prefilled(ids, mask, output.cache, output.logits[:, -1])
+
+
+@torch.no_grad()
+def sample_prefilled(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prefilled: Prefilled,
+    config: SamplingConfig | None = None,
+    *,
+    num_samples: int = 1,
+    seed: int | None = None,
+    keep_logits: bool = False,
+) -> Rollout:
+    """`num_samples` responses per prefilled prompt, rows grouped by prompt (rows i·G ..
+    i·G+G−1 answer prompt i). The G samples share the prompt's cache instead of each
+    re-reading the prompt, and its last position gives every sample's first-token logits.
+    Decoding is :func:`~alignkit.rollout.decoding.decode` (the configured temperature,
+    top-k, top-p and `min_new_tokens`, nothing from the model's `generation_config`), each
+    step :func:`decoding_step`'s. `prefilled` is left as it was. With `keep_logits` the
+    rollout also holds each drawn token's unshaped logits (`Rollout.logits`)."""
+    config = config or SamplingConfig()
+    if prefilled.last_logits.device.type == "cpu":
+        keep_freed_host_memory()  # each step's buffers reuse the last step's pages
+    prompt_ids = prefilled.prompt_ids.repeat_interleave(num_samples, dim=0)
+    prompt_mask = prefilled.prompt_mask.repeat_interleave(num_samples, dim=0)
+    device = prefilled.last_logits.device
+    stopped = _stop_string_check(tokenizer, config.stop_strings) if config.stop_strings else None
+    first_logits = prefilled.last_logits.repeat_interleave(num_samples, dim=0)
+    with (
+        _eval_mode(model),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+    ):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with decoding_step(
+            model, prefilled.cache, prefilled.prompt_mask.to(device), config, num_samples
+        ) as step:
+            decoded = decode(
+                step,
+                first_logits,
+                config,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+                stopped=stopped,
+                keep_logits=keep_logits,
+            )
+    response_ids = decoded.tokens.cpu()
+    response_mask = response_mask_until_eos(
+        response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id
+    )
+    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
+    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    if config.stop_strings:
+        texts = [_cut_at_stop(t, config.stop_strings) for t in texts]
+    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts, decoded.logits)
+
+
 def sample(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -82,78 +180,62 @@ def sample(
     num_samples: int = 1,
     seed: int | None = None,
     max_prompt_length: int | None = None,
+    keep_logits: bool = False,
 ) -> Rollout:
-    """Sample `num_samples` responses per prompt (prompts are strings or message lists).
+    """Sample `num_samples` responses per prompt (prompts are strings or message lists):
+    :func:`prefill`, then :func:`sample_prefilled`. A prompt longer than
+    `max_prompt_length` keeps its end."""
+    prefilled = prefill(model, tokenizer, prompts, max_prompt_length=max_prompt_length)
+    return sample_prefilled(
+        model,
+        tokenizer,
+        prefilled,
+        config,
+        num_samples=num_samples,
+        seed=seed,
+        keep_logits=keep_logits,
+    )
 
-    Rows of the result are grouped by prompt: rows i·G .. i·G+G−1 answer prompt i. The
-    prompts are encoded and prefilled once each: the prefill fills the KV cache, which is
-    then repeated G times, so the G samples share it instead of each re-reading the prompt,
-    and its last position gives every sample's first-token logits. Decoding is
-    :func:`~alignkit.rollout.decoding.decode` (the configured temperature, top-k, top-p and
-    `min_new_tokens`, nothing from the model's `generation_config`). A prompt longer than
-    `max_prompt_length` keeps its end. Each decoding step is :func:`decoding_step`'s: written
-    out for Llama-family decoders, the model's own forward otherwise.
-    """
-    config = config or SamplingConfig()
-    encoded = [encode_prompt(p, tokenizer) for p in prompts]
-    if max_prompt_length is not None:
-        encoded = [ids[-max_prompt_length:] for ids in encoded]
-    unique_ids, unique_mask = left_pad(encoded, tokenizer.pad_token_id)
-    prompt_ids = unique_ids.repeat_interleave(num_samples, dim=0)
-    prompt_mask = unique_mask.repeat_interleave(num_samples, dim=0)
-    device = next(model.parameters()).device
-    stopped = _stop_string_check(tokenizer, config.stop_strings) if config.stop_strings else None
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            if seed is not None:
-                torch.manual_seed(seed)
-            prefill = model(
-                input_ids=unique_ids.to(device),
-                attention_mask=unique_mask.to(device),
-                position_ids=prefill_positions(unique_mask).to(device),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-            cache = prefill.cache
-            if num_samples > 1:
-                cache.batch_repeat_interleave(num_samples)
-            first_logits = prefill.logits[:, -1].repeat_interleave(num_samples, dim=0)
-            with decoding_step(model, cache, prompt_mask.to(device), config) as step:
-                response_ids = decode(
-                    step,
-                    first_logits,
-                    config,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.pad_token_id,
-                    stopped=stopped,
-                ).cpu()
+        yield
     finally:
         model.train(was_training)
-    response_mask = response_mask_until_eos(
-        response_ids, tokenizer.eos_token_id, tokenizer.pad_token_id
-    )
-    response_ids = response_ids.masked_fill(response_mask == 0, tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(response_ids, skip_special_tokens=True)
-    if config.stop_strings:
-        texts = [_cut_at_stop(t, config.stop_strings) for t in texts]
-    return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, texts)
 
 
 @contextlib.contextmanager
 def decoding_step(
-    model: PreTrainedModel, cache, attention_mask: torch.Tensor, config: SamplingConfig
+    model: PreTrainedModel,
+    cache: Any,
+    attention_mask: torch.Tensor,
+    config: SamplingConfig,
+    repeats: int = 1,
 ) -> Iterator[DecodeStep]:
-    """The fastest exact decoding step for `model`: Llama-family decoders run
-    :class:`~alignkit.rollout.llama_step.LlamaDecodeStep`; any other model its own forward,
-    with its linear layers prepacked for the batch on the CPU (every decoding step multiplies
-    one token per row by each weight matrix)."""
+    """The fastest exact decoding step for `model` continuing `cache` (prompts with
+    `attention_mask`, each decoded `repeats` times): Llama-family decoders, LoRA adapters
+    included, run :class:`~alignkit.rollout.llama_step.LlamaDecodeStep`; any other model
+    its own forward over a copy of the cache, with its linear layers prepacked on the CPU
+    (every decoding step multiplies one token per row by each weight matrix)."""
     if LlamaDecodeStep.supports(model):
-        yield LlamaDecodeStep(model, cache, attention_mask, config.max_new_tokens)
+        yield LlamaDecodeStep(
+            model,
+            cache,
+            attention_mask,
+            config.max_new_tokens,
+            repeats=repeats,
+            dtype=DECODE_DTYPES[config.dtype],
+        )
         return
-    with prepacked_linears(model, rows=attention_mask.shape[0]):
-        yield CachedForward(model, cache, attention_mask)
+    cache = copy.deepcopy(cache)
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+    mask = attention_mask.repeat_interleave(repeats, dim=0)
+    with prepacked_linears(model, rows=mask.shape[0]):
+        yield CachedForward(model, cache, mask)
 
 
 def _stop_string_check(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str]):

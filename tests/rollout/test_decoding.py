@@ -100,7 +100,7 @@ def test_stopped_rows_are_padded_and_the_loop_ends_when_all_are_done():
             eos_token_id=None,
             pad_token_id=tok.pad_token_id,
             stopped=stopped,
-        )
+        ).tokens
     assert tokens.shape == (2, 4)
     assert (tokens[0, 2:] == tok.pad_token_id).all()
     assert calls == [1, 2, 3, 4]

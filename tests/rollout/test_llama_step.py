@@ -109,8 +109,9 @@ def test_only_decoders_of_exactly_this_shape_are_covered():
     sliding = tiny_qwen2(use_sliding_window=True, sliding_window=8, max_window_layers=0)[0]
     assert not LlamaDecodeStep.supports(sliding)
     lora = get_peft_model(tiny_random_llama(seed=1)[0], LoraConfig(r=2, target_modules=["q_proj"]))
-    assert not LlamaDecodeStep.supports(lora)
-    assert not LlamaDecodeStep.supports(lora.get_base_model())  # its q_proj is a LoRA layer
+    assert LlamaDecodeStep.supports(lora)  # LoRA layers are merged for decoding
+    dora = LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)
+    assert not LlamaDecodeStep.supports(get_peft_model(tiny_random_llama(seed=1)[0], dora))
 
 
 def test_sampling_takes_the_written_out_step_and_draws_the_same_tokens(monkeypatch):
@@ -127,3 +128,65 @@ def test_sampling_takes_the_written_out_step_and_draws_the_same_tokens(monkeypat
     theirs = sample(model, tok, PROMPTS, cfg, num_samples=2)
     assert torch.equal(ours.response_ids, theirs.response_ids)
     assert ours.texts == theirs.texts
+
+
+def lora_model(seed=1):
+    model, tok = tiny_random_llama(seed=seed)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:  # peft starts B at 0: make the adapter do something
+                parameter.normal_(0, 0.3)
+    return lora.eval(), tok
+
+
+def compare_steps(model, tok, steps=5, samples=2, **step_options):
+    with torch.no_grad():
+        cache, mask = prefill(model, tok, samples)
+        theirs = CachedForward(model, cache, mask)
+        cache, mask = prefill(model, tok, 1)
+        ours = LlamaDecodeStep(model, cache, mask, steps, repeats=samples, **step_options)
+        tokens = torch.randint(3, len(tok), (steps, mask.shape[0] * samples))
+        return [(ours(t), theirs(t)) for t in tokens]
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["prepacked", "plain"])
+def test_lora_adapters_are_merged_into_the_same_function(packed, monkeypatch):
+    if not packed:
+        monkeypatch.setattr(llama_step, "prepacking_available", lambda model: False)
+    model, tok = lora_model()
+    for got, expected in compare_steps(model, tok):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    with model.disable_adapter():  # the reference: the base weights alone
+        for got, expected in compare_steps(model, tok):
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_prepared_weights_follow_a_parameter_update():
+    model, tok = lora_model()
+    compare_steps(model, tok)  # prepares and keeps the weights
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_A" in name or name.endswith("embed_tokens.weight"):
+                parameter.add_(0.5)  # in place, as an optimizer step
+    for got, expected in compare_steps(model, tok):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_selected_rows_continue_as_in_the_whole_batch():
+    model, tok = tiny_random_llama(seed=1)
+    with torch.no_grad():
+        cache, mask = prefill(model, tok, 1)
+        whole = LlamaDecodeStep(model, cache, mask, 4)
+        part = LlamaDecodeStep(model, cache, mask, 4)
+        first, second = torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10])
+        whole(first), part(first)
+        part.select(torch.tensor([0, 2]))
+        torch.testing.assert_close(part(second[[0, 2]]), whole(second)[[0, 2]])
+
+
+def test_bfloat16_step_stays_close_to_float32():
+    model, tok = tiny_random_llama(seed=1)
+    for got, expected in compare_steps(model, tok, dtype=torch.bfloat16):
+        assert got.dtype == torch.float32
+        assert (got - expected).abs().max() < 0.1 * expected.abs().max()

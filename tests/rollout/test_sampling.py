@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from alignkit.models.tiny import tiny_random_llama
@@ -90,3 +91,104 @@ def test_min_new_tokens_holds_back_eos():
     assert free.response_mask.sum(1).tolist() == [1, 1, 1]
     held = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=6, min_new_tokens=6), seed=3)
     assert held.response_mask.sum(1).tolist() == [6, 6, 6]
+
+
+def reference_sample(
+    model,
+    tok,
+    prompts,
+    *,
+    max_new_tokens,
+    min_new_tokens=0,
+    temperature=1.0,
+    top_k=0,
+    top_p=1.0,
+    num_samples=1,
+    seed=0,
+):
+    """The plain sampler the fast one must equal: every row on its own, no padding, no
+    cache, the whole sequence through the model at every step; one uniform per row of the
+    batch and step from torch's generator; the index the first with float64 c_j > u·c_V."""
+    from alignkit.data.tokenization import encode_prompt
+
+    rows = [encode_prompt(p, tok) for p in prompts for _ in range(num_samples)]
+    new = [[] for _ in rows]
+    done = [False] * len(rows)
+    torch.manual_seed(seed)
+    for t in range(max_new_tokens):
+        uniform = torch.rand(len(rows))
+        for i, ids in enumerate(rows):
+            if done[i]:
+                continue
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([ids + new[i]])).logits[0, -1].double()
+            if t < min_new_tokens:
+                logits[tok.eos_token_id] = -float("inf")
+            logits = logits / temperature
+            if top_k:
+                logits[logits < logits.topk(top_k).values[-1]] = -float("inf")
+            if top_p < 1.0:
+                order = logits.argsort(descending=True)
+                probs = torch.softmax(logits[order], -1)
+                drop = probs.cumsum(-1) - probs > top_p  # keep the smallest set past top_p
+                logits[order[drop]] = -float("inf")
+            cdf = torch.softmax(logits, -1).cumsum(-1)
+            token = int(torch.searchsorted(cdf, uniform[i].double() * cdf[-1], right=True))
+            new[i].append(min(token, len(cdf) - 1))
+            done[i] = token == tok.eos_token_id
+        if all(done):
+            break
+    return [r for r in new]
+
+
+EXACT_CASES = {
+    "plain": {},
+    "min-new-tokens": {"min_new_tokens": 5},
+    "top-k": {"top_k": 40, "temperature": 1.3},
+    "top-p": {"top_p": 0.7},
+    "g-samples": {"num_samples": 3},
+}
+
+
+@pytest.mark.parametrize("case", list(EXACT_CASES))
+def test_fast_sampler_draws_the_plain_reference_samplers_tokens(case):
+    model, tok = tiny_random_llama(seed=11)
+    model.eval()
+    # EOS likely enough that rows end at different steps (and leave the batch early)
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[tok.eos_token_id] = 2.5
+    model.lm_head.bias = torch.nn.Parameter(bias)
+    options = EXACT_CASES[case]
+    sampling = {k: v for k, v in options.items() if k != "num_samples"}
+    cfg = SamplingConfig(max_new_tokens=12, **sampling)
+    ours = sample(model, tok, PROMPTS, cfg, num_samples=options.get("num_samples", 1), seed=4)
+    theirs = reference_sample(model, tok, PROMPTS, max_new_tokens=12, seed=4, **options)
+    lengths = ours.response_mask.sum(1).tolist()
+    assert [len(r) for r in theirs] == lengths
+    assert len(set(lengths)) > 1  # rows ended at different steps
+    for row, expected in enumerate(theirs):
+        assert ours.response_ids[row, : lengths[row]].tolist() == expected
+
+
+def test_kept_logits_match_the_training_forward():
+    from alignkit.rollout.sequences import right_padded_sequences
+
+    model, tok = tiny_random_llama(seed=11)
+    rollout = sample(
+        model,
+        tok,
+        PROMPTS,
+        SamplingConfig(max_new_tokens=8),
+        seed=1,
+        num_samples=2,
+        keep_logits=True,
+    )
+    seq = right_padded_sequences(rollout, tok.pad_token_id, tok.eos_token_id)
+    with torch.no_grad():
+        logits = model(input_ids=seq.input_ids, attention_mask=seq.attention_mask).logits
+    for row in range(seq.input_ids.shape[0]):
+        positions = (seq.labels[row] != -100).nonzero().squeeze(-1) - 1  # predicting each
+        n = int(rollout.response_mask[row].sum())
+        expected = torch.log_softmax(logits[row, positions], -1)
+        got = torch.log_softmax(rollout.logits[row, :n], -1)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

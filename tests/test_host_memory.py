@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from alignkit.train.host_memory import glibc_mallopt_available
+from alignkit.host_memory import glibc_mallopt_available
 
 PROBE = textwrap.dedent(
     """
     import ctypes, resource, sys
-    from alignkit.train.host_memory import keep_freed_host_memory
+    from alignkit.host_memory import keep_freed_host_memory
     if sys.argv[1] == "keep":
         assert keep_freed_host_memory()
     libc = ctypes.CDLL(None)
@@ -53,7 +53,7 @@ def test_later_steps_reuse_the_freed_pages():
 
 
 def test_keep_freed_host_memory_is_idempotent():
-    from alignkit.train.host_memory import keep_freed_host_memory
+    from alignkit.host_memory import keep_freed_host_memory
 
     first = keep_freed_host_memory()
     assert keep_freed_host_memory() == first == glibc_mallopt_available()

@@ -4,12 +4,13 @@ Each policy answers every prompt greedily; a gold judge (a person's stand-in: wa
 never optimised) scores the answers. Against each baseline policy, the win rate paired by
 prompt with its 95% interval (:mod:`alignkit.eval.win_rate`). Besides: the reward model's
 score when one is given, KL to a reference measured on the policy's own samples
-(:mod:`alignkit.eval.kl_to_reference`), length, diversity, evasion and repetition rates,
+(:func:`answer_and_measure`), length, diversity, evasion and repetition rates,
 and every figure per user group with the gap between groups.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,12 +22,19 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from alignkit.data import PromptExample
-from alignkit.eval.kl_to_reference import sequence_kl
+from alignkit.data.records import Text
 from alignkit.eval.text_stats import text_figures
 from alignkit.eval.win_rate import IntervalMethod, win_rate
+from alignkit.ops.kl_estimators import kl_from_logits
 from alignkit.rewards.base import RewardFunction
-from alignkit.rollout.sampling import SamplingConfig, sample
-from alignkit.rollout.sequences import right_padded_sequences
+from alignkit.rollout.decoding import last_positions
+from alignkit.rollout.sampling import (
+    Prefilled,
+    Rollout,
+    SamplingConfig,
+    prefill,
+    sample_prefilled,
+)
 
 
 @dataclass
@@ -35,6 +43,102 @@ class Policy:
 
     model: nn.Module
     tokenizer: PreTrainedTokenizerBase
+
+
+@dataclass
+class PolicyAnswers:
+    """A policy's greedy answers to the prompts, and, when measured, each prompt's KL to
+    the reference on a sample of its own and that sample's token count ([N] each)."""
+
+    texts: list[str]
+    kl: torch.Tensor | None = None
+    kl_tokens: torch.Tensor | None = None
+
+
+class ReferencePrefills:
+    """The reference's KV cache of each batch of prompts, computed once and shared by
+    every policy's KL measurement (the same prompts, batched the same way)."""
+
+    def __init__(self, reference: nn.Module, tokenizer: PreTrainedTokenizerBase):
+        self.reference, self.tokenizer = reference, tokenizer
+        self._by_start: dict[int, Prefilled] = {}
+
+    def get(self, start: int, prompts: Sequence[Text]) -> Prefilled:
+        if start not in self._by_start:
+            self._by_start[start] = prefill(self.reference, self.tokenizer, prompts)
+        return self._by_start[start]
+
+
+@torch.no_grad()
+def reference_logits(reference: nn.Module, prefilled: Prefilled, rollout: Rollout) -> torch.Tensor:
+    """The reference's next-token logits at each response position [B, R, V], continuing
+    its prefill of the prompts (B = prompts × samples; one forward over the responses)."""
+    repeats = rollout.response_ids.shape[0] // prefilled.prompt_ids.shape[0]
+    cache = copy.deepcopy(prefilled.cache)
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+    first = prefilled.last_logits.repeat_interleave(repeats, dim=0).unsqueeze(1)
+    device = first.device
+    responses = rollout.response_ids[:, :-1].to(device)
+    if responses.shape[1] == 0:
+        return first.float()
+    prompt_mask = rollout.prompt_mask.to(device)
+    mask = torch.cat([prompt_mask, torch.ones_like(responses)], dim=1)
+    positions = last_positions(prompt_mask) + 1 + torch.arange(responses.shape[1], device=device)
+    output = reference(
+        input_ids=responses,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return torch.cat([first, output.logits], dim=1).float()
+
+
+def answer_and_measure(
+    policy: Policy,
+    prompts: Sequence[PromptExample],
+    sampling: SamplingConfig,
+    *,
+    batch_size: int,
+    reference: ReferencePrefills | None = None,
+    seed: int = 0,
+    max_prompt_length: int | None = None,
+) -> PolicyAnswers:
+    """Each prompt's greedy answer and, with a `reference`, the KL of the policy to it.
+
+    The prompts are prefilled once a batch and decoded twice from that cache: greedily (the
+    answers the judge scores) and once sampled at temperature 1 (the KL's sample, which
+    must come from the policy itself). The sampler keeps the policy's next-token logits
+    along its sample, so the policy needs no second forward; the reference continues its
+    own prefill of the same prompts over the sampled tokens, and at each position the
+    exact next-token KL Σ_v π(v)(log π(v) − log π_ref(v)) is summed over the response
+    (:func:`~alignkit.ops.kl_estimators.kl_from_logits`): with the response drawn from π
+    an unbiased estimate of KL(π(·|x) ‖ π_ref(·|x)) by the chain rule.
+    """
+    greedy = dataclasses.replace(sampling, do_sample=False)
+    own = dataclasses.replace(sampling, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
+    texts: list[str] = []
+    kls, lengths = [], []
+    for start in range(0, len(prompts), batch_size):
+        chunk = [p.prompt for p in prompts[start : start + batch_size]]
+        filled = prefill(policy.model, policy.tokenizer, chunk, max_prompt_length=max_prompt_length)
+        texts += sample_prefilled(policy.model, policy.tokenizer, filled, greedy).texts
+        if reference is None:
+            continue
+        if max_prompt_length is not None:
+            raise ValueError("KL to a reference is measured on whole prompts")
+        rollout = sample_prefilled(
+            policy.model, policy.tokenizer, filled, own, seed=seed + start, keep_logits=True
+        )
+        ref_logits = reference_logits(reference.reference, reference.get(start, chunk), rollout)
+        mask = rollout.response_mask.to(ref_logits.device)
+        per_position = kl_from_logits(rollout.logits.to(ref_logits.device), ref_logits)
+        kls.append((per_position * mask).sum(1).cpu())
+        lengths.append(mask.sum(1).cpu())
+    if reference is None:
+        return PolicyAnswers(texts)
+    return PolicyAnswers(texts, torch.cat(kls), torch.cat(lengths))
 
 
 def greedy_answers(
@@ -46,41 +150,9 @@ def greedy_answers(
     max_prompt_length: int | None = None,
 ) -> list[str]:
     """Each prompt's greedy answer (`sampling`'s length limits, no sampling)."""
-    greedy = dataclasses.replace(sampling, do_sample=False)
-    texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [p.prompt for p in prompts[start : start + batch_size]]
-        texts += sample(
-            policy.model, policy.tokenizer, chunk, greedy, max_prompt_length=max_prompt_length
-        ).texts
-    return texts
-
-
-def kl_on_own_samples(
-    policy: Policy,
-    reference: nn.Module,
-    prompts: Sequence[PromptExample],
-    sampling: SamplingConfig,
-    *,
-    batch_size: int,
-    seed: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One response per prompt sampled from the policy (temperature 1), and each one's
-    KL to the reference and token count ([N] each)."""
-    config = dataclasses.replace(sampling, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
-    kls, lengths = [], []
-    device = next(policy.model.parameters()).device
-    tokenizer = policy.tokenizer
-    for start in range(0, len(prompts), batch_size):
-        chunk = [p.prompt for p in prompts[start : start + batch_size]]
-        rollout = sample(policy.model, tokenizer, chunk, config, seed=seed + start)
-        sequences = right_padded_sequences(
-            rollout, tokenizer.pad_token_id, tokenizer.eos_token_id
-        ).to(device)
-        kl, n = sequence_kl(policy.model, reference, sequences)
-        kls.append(kl.cpu())
-        lengths.append(n.cpu())
-    return torch.cat(kls), torch.cat(lengths)
+    return answer_and_measure(
+        policy, prompts, sampling, batch_size=batch_size, max_prompt_length=max_prompt_length
+    ).texts
 
 
 def _scores(fn: RewardFunction, prompts: Sequence[PromptExample], texts: list[str]) -> list[float]:
@@ -155,10 +227,25 @@ def compare_policies(
     if unknown or not baselines:
         raise ValueError(f"baselines {unknown or '(none)'} are not among {list(policies)}")
     sampling = sampling or SamplingConfig(max_new_tokens=64)
-    answers = {
-        name: greedy_answers(policy, prompts, sampling, batch_size=batch_size)
-        for name, policy in tqdm(policies.items(), desc="eval: greedy answers", unit="policy")
-    }
+    if reference is not None:
+        tokenizer = next(iter(policies.values())).tokenizer
+        prefills = ReferencePrefills(reference, tokenizer)
+    measured: dict[str, PolicyAnswers] = {}
+    for name, policy in tqdm(policies.items(), desc="eval: answers and KL", unit="policy"):
+        # KL(π_ref ‖ π_ref) = 0 exactly: no sampling pass to measure it
+        to_reference = reference is not None and policy.model is not reference
+        measured[name] = answer_and_measure(
+            policy,
+            prompts,
+            sampling,
+            batch_size=batch_size,
+            reference=prefills if to_reference else None,
+            seed=seed,
+        )
+        if reference is not None and not to_reference:
+            measured[name].kl = torch.zeros(len(prompts))
+            measured[name].kl_tokens = torch.ones(len(prompts))
+    answers = {name: m.texts for name, m in measured.items()}
     gold = {name: _scores(judge, prompts, texts) for name, texts in answers.items()}
     reward = (
         {name: _scores(reward_fn, prompts, texts) for name, texts in answers.items()}
@@ -169,15 +256,8 @@ def compare_policies(
     rows_of = {g: [i for i, p in enumerate(prompts) if p.group == g] for g in groups}
     everyone = list(range(len(prompts)))
     methods: dict[str, Any] = {}
-    for name, policy in tqdm(policies.items(), desc="eval: KL, figures", unit="policy"):
-        kl = kl_tokens = None
-        if reference is not None and policy.model is reference:
-            # KL(π_ref ‖ π_ref) = 0 exactly: no sampling pass to measure it
-            kl, kl_tokens = torch.zeros(len(prompts)), torch.ones(len(prompts))
-        elif reference is not None:
-            kl, kl_tokens = kl_on_own_samples(
-                policy, reference, prompts, sampling, batch_size=batch_size, seed=seed
-            )
+    for name in policies:
+        kl, kl_tokens = measured[name].kl, measured[name].kl_tokens
         figures = _figures(everyone, answers[name], gold[name], reward[name], kl, kl_tokens)
         versus = {b: _win_figures(everyone, gold[name], gold[b], interval, seed) for b in baselines}
         figures.update(versus[baselines[0]])

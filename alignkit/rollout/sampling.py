@@ -19,8 +19,8 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.records import Text
-from alignkit.host_memory import keep_freed_host_memory
 from alignkit.data.tokenization import encode_prompt, pad_sequences
+from alignkit.host_memory import keep_freed_host_memory
 from alignkit.rollout.decoding import (
     DECODE_DTYPES,
     CachedForward,

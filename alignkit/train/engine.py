@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from alignkit.errors import UserError
+from alignkit.host_memory import keep_freed_host_memory
 from alignkit.train.checkpoint import (
     CheckpointManager,
     default_load_model,
@@ -85,7 +86,6 @@ from alignkit.train.embedding_grads import (
     restore_dense_embedding_grads,
     use_sparse_embedding_grads,
 )
-from alignkit.host_memory import keep_freed_host_memory
 from alignkit.train.optim import build_optimizer, build_scheduler
 from alignkit.train.run_dir import RunDirectory, trainer_name, writing_to
 from alignkit.train.sampler import EpochBatchSampler

@@ -4,10 +4,11 @@ import pytest
 import torch
 
 from alignkit.data import demo_path, load_dataset_records
+from alignkit.eval import compare
 from alignkit.eval.compare import Policy, compare_policies
-from alignkit.eval.kl_to_reference import sequence_kl
 from alignkit.eval.text_stats import distinct_n_over, text_figures
 from alignkit.models.tiny import tiny_random_llama
+from alignkit.ops.kl_estimators import kl_from_logits
 from alignkit.rewards.base import RewardOutput
 from alignkit.rollout.sampling import SamplingConfig
 
@@ -60,21 +61,49 @@ def test_compare_policies_on_tiny_models():
     assert set(result["answers"][0]) >= {"prompt", "group", "a", "b"}
 
 
-def test_sequence_kl_of_identical_models_is_zero_and_sums_the_response_positions():
-    from alignkit.rollout.sampling import sample
+@torch.no_grad()
+def sequence_kl(policy, reference, sequences):
+    """The plain measurement: both models' full forward over prompt + response, the exact
+    next-token KL summed over the response positions."""
+    kwargs = {"input_ids": sequences.input_ids, "attention_mask": sequences.attention_mask}
+    logits = policy(**kwargs).logits[:, :-1]
+    ref_logits = reference(**kwargs).logits[:, :-1]
+    mask = sequences.labels[:, 1:] != -100
+    return (kl_from_logits(logits, ref_logits) * mask).sum(1), mask.sum(1)
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_kl_from_the_samplers_logits_equals_the_plain_two_forward_measurement(samples):
+    """The eval's KL takes π's logits from the sampler and π_ref's from one forward that
+    continues its prompt cache; the plain way runs both models over the whole sequence."""
+    from alignkit.rollout.sampling import prefill, sample_prefilled
     from alignkit.rollout.sequences import right_padded_sequences
 
-    a, tokenizer = tiny_random_llama(seed=0)
-    b, _ = tiny_random_llama(seed=2)
-    rollout = sample(
-        a, tokenizer, ["hello", "a longer prompt here"], SamplingConfig(max_new_tokens=5), seed=1
+    policy, tokenizer = tiny_random_llama(seed=0)
+    reference, _ = tiny_random_llama(seed=2)
+    prompts = ["hello", "a longer prompt here", [{"role": "user", "content": "2+2?"}]]
+    filled = prefill(policy, tokenizer, prompts)
+    rollout = sample_prefilled(
+        policy,
+        tokenizer,
+        filled,
+        SamplingConfig(max_new_tokens=6),
+        seed=1,
+        num_samples=samples,
+        keep_logits=True,
     )
+    ref_logits = compare.reference_logits(
+        reference, prefill(reference, tokenizer, prompts), rollout
+    )
+    ours = (kl_from_logits(rollout.logits, ref_logits) * rollout.response_mask).sum(1)
     seqs = right_padded_sequences(rollout, tokenizer.pad_token_id, tokenizer.eos_token_id)
-    kl, n = sequence_kl(a, a, seqs)
-    assert torch.allclose(kl, torch.zeros(2), atol=1e-6)
+    expected, n = sequence_kl(policy, reference, seqs)
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
     assert n.tolist() == rollout.response_mask.sum(1).tolist()
-    kl_b, _ = sequence_kl(a, b, seqs)
-    assert (kl_b > 0).all()
+    assert (ours > 0).all()
+    itself = compare.reference_logits(policy, filled, rollout)
+    self_kl = (kl_from_logits(rollout.logits, itself) * rollout.response_mask).sum(1)
+    assert torch.allclose(self_kl, torch.zeros_like(self_kl), atol=1e-5)
 
 
 def test_baselines_must_be_policies():
@@ -88,16 +117,16 @@ def test_baselines_must_be_policies():
 
 def test_the_reference_itself_is_not_sampled_for_its_kl(monkeypatch):
     """KL(π_ref ‖ π_ref) is 0 by definition: measuring it would cost a sampling pass."""
-    import alignkit.eval.compare as compare
-
     a, tokenizer = tiny_random_llama(seed=0)
     b, _ = tiny_random_llama(seed=1)
     measured = []
-    real = compare.kl_on_own_samples
+    real = compare.reference_logits
     monkeypatch.setattr(
         compare,
-        "kl_on_own_samples",
-        lambda policy, *args, **kw: measured.append(policy.model) or real(policy, *args, **kw),
+        "reference_logits",
+        lambda reference, prefilled, rollout: (
+            measured.append(rollout.texts) or real(reference, prefilled, rollout)
+        ),
     )
     prompts = load_dataset_records(demo_path("prompt"), "prompt")[:4]
     result = compare_policies(
@@ -109,6 +138,6 @@ def test_the_reference_itself_is_not_sampled_for_its_kl(monkeypatch):
         sampling=SamplingConfig(max_new_tokens=4),
         batch_size=4,
     )
-    assert measured == [b]
+    assert len(measured) == 1  # b's one batch; a is the reference
     assert result["methods"]["a"]["kl"] == 0.0 and result["methods"]["a"]["kl_per_token"] == 0.0
     assert result["methods"]["a"]["per_group"]["concise"]["kl"] == 0.0

@@ -28,6 +28,7 @@ from alignkit.eval.win_rate import IntervalMethod, win_rate
 from alignkit.ops.kl_estimators import kl_from_logits
 from alignkit.rewards.base import RewardFunction
 from alignkit.rollout.decoding import last_positions
+from alignkit.rollout.llama_step import frozen_weights
 from alignkit.rollout.sampling import (
     Prefilled,
     Rollout,
@@ -116,6 +117,21 @@ def answer_and_measure(
     (:func:`~alignkit.ops.kl_estimators.kl_from_logits`): with the response drawn from π
     an unbiased estimate of KL(π(·|x) ‖ π_ref(·|x)) by the chain rule.
     """
+    with frozen_weights(policy.model):
+        return _answer_and_measure(
+            policy, prompts, sampling, batch_size, reference, seed, max_prompt_length
+        )
+
+
+def _answer_and_measure(
+    policy: Policy,
+    prompts: Sequence[PromptExample],
+    sampling: SamplingConfig,
+    batch_size: int,
+    reference: ReferencePrefills | None,
+    seed: int,
+    max_prompt_length: int | None,
+) -> PolicyAnswers:
     greedy = dataclasses.replace(sampling, do_sample=False)
     own = dataclasses.replace(sampling, do_sample=True, temperature=1.0, top_p=1.0, top_k=0)
     texts: list[str] = []

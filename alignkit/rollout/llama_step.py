@@ -27,10 +27,9 @@ is merged for decoding, W + s·BA, which is the same function), full attention i
 layer; :meth:`LlamaDecodeStep.supports` says so, and anything else decodes through the
 model's own forward.
 
-The prepared weights (stacked, merged, prepacked) are kept with the model until one of its
-parameters changes (a new tensor or an in-place update: torch counts both), so the many
-batches of an evaluation prepare them once, and a trainer's next rollout, after its
-optimizer step, prepares them anew. With `dtype=torch.bfloat16` the step multiplies in
+Each decoding call prepares the weights (merged, stacked, prepacked) anew, a trainer's
+rollout after its optimizer step included; inside :func:`frozen_weights` a model's are
+prepared once and reused, for the many batches of an evaluation. With `dtype=torch.bfloat16` the step multiplies in
 bfloat16 (half the bytes a step streams; AVX-512 BF16 doubles the products' rate): the
 tokens are then drawn from a slightly different distribution than the float32 policy's,
 which is why it is an option and the trainers' log-probabilities always come from their
@@ -39,8 +38,9 @@ own float32 forward.
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import torch
@@ -191,38 +191,55 @@ def _causal_lm(model: nn.Module) -> nn.Module:
 
 
 class _Prepared(NamedTuple):
-    fingerprint: tuple
     layers: list[_LayerWeights]
     head: torch.Tensor
     head_bias: torch.Tensor | None
     linears: _Linears
 
 
-# prepared weights per model, kept while its parameters stay the same
-_PREPARED: weakref.WeakKeyDictionary[nn.Module, _Prepared] = weakref.WeakKeyDictionary()
+# models whose weights a caller has declared frozen -> their prepared weights, by settings
+_FROZEN: weakref.WeakKeyDictionary[nn.Module, dict[tuple, _Prepared]] = weakref.WeakKeyDictionary()
 
 
-def _fingerprint(model: nn.Module, dtype: torch.dtype, packed: bool) -> tuple:
-    """Changes when any parameter is replaced or updated in place (torch's version
-    counter), or when an adapter is switched on or off."""
-    params = tuple((p.data_ptr(), p._version) for p in model.parameters())
-    switches = tuple(
-        (bool(getattr(m, "disable_adapters", False)), tuple(getattr(m, "active_adapters", ())))
-        for m in model.modules()
-        if _lora_parts(m) is not None
-    )
-    return params, switches, dtype, packed
+@contextlib.contextmanager
+def frozen_weights(*models: nn.Module) -> Iterator[None]:
+    """Inside the block the models' weights do not change, so decoding prepares them
+    (merges, stacks, prepacks) once and every batch reuses them: an evaluation, the
+    feedback's sampling, a server's answers. Outside, each decoding call prepares them
+    anew, because nothing tells it reliably that they changed (torch's fused AdamW updates
+    parameters in place without bumping their version counters)."""
+    added = [m for m in (_causal_lm(m) for m in models) if m not in _FROZEN]
+    for model in added:
+        _FROZEN[model] = {}
+    try:
+        yield
+    finally:
+        for model in added:
+            _FROZEN.pop(model, None)
 
 
 def _prepare(model: nn.Module, dtype: torch.dtype, rows: int) -> _Prepared:
-    """The layers' weights as the step multiplies them: merged, stacked, cast, prepacked."""
-    decoder = model.model
+    """The layers' weights as the step multiplies them, reused while the model is frozen."""
     packed = prepacking_available(model) and epilogues_available()
-    fingerprint = _fingerprint(model, dtype, packed)
-    cached = _PREPARED.get(model)
-    if cached is not None and cached.fingerprint == fingerprint:
-        return cached
-    _PREPARED.pop(model, None)  # free the old copy before building the new one
+    kept = _FROZEN.get(model)
+    key = (dtype, packed, tuple(_adapter_switches(model)))
+    if kept is not None and key in kept:
+        return kept[key]
+    prepared = _prepare_weights(model, dtype, packed, rows)
+    if kept is not None:
+        kept[key] = prepared
+    return prepared
+
+
+def _adapter_switches(model: nn.Module) -> Iterator[tuple]:
+    """Which adapters are on in each LoRA layer (the reference turns them off)."""
+    for module in model.modules():
+        if _lora_parts(module) is not None:
+            yield bool(module.disable_adapters), tuple(module.active_adapters)
+
+
+def _prepare_weights(model: nn.Module, dtype: torch.dtype, packed: bool, rows: int) -> _Prepared:
+    """Merged, stacked, cast to `dtype` and, with `packed`, prepacked by oneDNN."""
     linears = prepacked(rows) if packed else UNFUSED
 
     def cast(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -232,7 +249,7 @@ def _prepare(model: nn.Module, dtype: torch.dtype, rows: int) -> _Prepared:
         return linears.prepare(effective_weight(linear).to(dtype))
 
     layers = []
-    for layer in decoder.layers:
+    for layer in model.model.layers:
         attention, mlp = layer.self_attn, layer.mlp
         qkv, qkv_bias = _stacked(attention.q_proj, attention.k_proj, attention.v_proj)
         layers.append(
@@ -251,11 +268,7 @@ def _prepare(model: nn.Module, dtype: torch.dtype, rows: int) -> _Prepared:
                 cast(_bias(mlp.down_proj)),
             )
         )
-    prepared = _Prepared(
-        fingerprint, layers, weight(model.lm_head), cast(_bias(model.lm_head)), linears
-    )
-    _PREPARED[model] = prepared
-    return prepared
+    return _Prepared(layers, weight(model.lm_head), cast(_bias(model.lm_head)), linears)
 
 
 class LlamaDecodeStep:
@@ -398,4 +411,4 @@ class LlamaDecodeStep:
         return logits.float()
 
 
-__all__ = ["LlamaDecodeStep", "effective_weight", "rms_norm", "rotate"]
+__all__ = ["LlamaDecodeStep", "effective_weight", "frozen_weights", "rms_norm", "rotate"]

@@ -333,11 +333,14 @@ def load_config(
     cls: type[C],
     yaml_path: str | Path | None = None,
     overrides: Mapping[str, Any] | Sequence[str] | None = None,
+    *,
+    source: str = CLI,
 ) -> C:
     """Build a validated ``cls`` from defaults, then the YAML file, then the overrides.
 
-    ``overrides`` is either command-line tokens (``["--lr", "1e-4"]``) or a mapping from the
-    command line ({key: raw string or value}). Raises one UserError for the first problem.
+    ``overrides`` is either command-line tokens (``["--lr", "1e-4"]``) or a mapping
+    ({key: raw string or value}) that came from `source` (the command line unless said).
+    Raises one UserError for the first problem.
     """
     fields = _fields(cls)
     values: dict[str, Any] = {}
@@ -373,7 +376,7 @@ def load_config(
                 raise UserError(f"{CLI}: --config must be given to parse_config, not as override")
             items = list(raw.items())
         for key, value in items:
-            put(key, value, CLI, from_text=isinstance(value, str))
+            put(key, value, source, from_text=isinstance(value, str))
 
     try:
         config = cls(**values)

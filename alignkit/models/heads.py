@@ -145,6 +145,76 @@ class ScalarHeadModel(nn.Module):
         return model
 
 
+@torch.no_grad()
+def trunk_states(
+    model: ScalarHeadModel, sequences: list[list[int]], layers: int, *, batch_size: int = 16
+) -> list[torch.Tensor]:
+    """Each sequence's hidden states after the embeddings and the bottom `layers` decoder
+    layers, [T_i, H] float32 on the CPU: what the frozen part of the network feeds the rest,
+    computed once (:func:`score_from_trunk` runs the layers above it)."""
+    backbone = model.backbone
+    was_training = backbone.training
+    backbone.eval()
+    states: list[torch.Tensor] = []
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))  # little padding
+    by_index: dict[int, torch.Tensor] = {}
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            length = max(len(sequences[i]) for i in rows)
+            ids = torch.full((len(rows), length), 0, dtype=torch.long)
+            mask = torch.zeros((len(rows), length), dtype=torch.long)
+            for r, i in enumerate(rows):
+                ids[r, : len(sequences[i])] = torch.tensor(sequences[i])
+                mask[r, : len(sequences[i])] = 1
+            hidden = backbone(
+                input_ids=ids.to(model.device),
+                attention_mask=mask.to(model.device),
+                output_hidden_states=True,
+                use_cache=False,
+            ).hidden_states[layers]
+            for r, i in enumerate(rows):
+                by_index[i] = hidden[r, : len(sequences[i])].float().cpu()
+    finally:
+        backbone.train(was_training)
+    states = [by_index[i] for i in range(len(sequences))]
+    return states
+
+
+def score_from_trunk(
+    model: ScalarHeadModel, states: torch.Tensor, attention_mask: torch.Tensor, start: int
+) -> torch.Tensor:
+    """One scalar per sequence from its frozen trunk's output `states` [B, T, H]
+    (right-padded, `attention_mask` [B, T]): decoder layers `start`.. and the final norm
+    run over them as in the full forward (same positions, same causal mask), and the head
+    reads the last real token."""
+    from transformers.masking_utils import create_causal_mask
+
+    backbone = model.backbone
+    batch, length = attention_mask.shape
+    position_ids = torch.arange(length, device=states.device).expand(batch, -1)
+    hidden = states.to(backbone.dtype)
+    mask = create_causal_mask(
+        config=backbone.config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        cache=None,
+        position_ids=position_ids,
+    )
+    position_embeddings = backbone.rotary_emb(hidden, position_ids=position_ids)
+    for layer in backbone.layers[start:]:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+        )
+    hidden = backbone.norm(hidden)
+    last = last_token_index(attention_mask)
+    rows = hidden[torch.arange(batch, device=hidden.device), last]
+    return model.head(rows.to(model.head.weight.dtype)).squeeze(-1)
+
+
 def is_scalar_head_folder(name: str) -> bool:
     return (Path(name).expanduser() / HEAD_CONFIG).is_file()
 

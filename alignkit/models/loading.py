@@ -12,6 +12,7 @@ so a crash never leaves a half-written model behind.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -67,7 +68,8 @@ def default_model_gguf() -> Path:
 
 @dataclass(frozen=True)
 class ModelSource:
-    """Where a model name points: `kind` is one of tiny, folder, gguf, hub."""
+    """Where a model name points: `kind` is one of tiny, folder, adapter (a LoRA adapter
+    folder over its base), gguf, hub."""
 
     kind: str
     location: str
@@ -117,6 +119,9 @@ def run_folder_model(name: str) -> str:
     return name
 
 
+ADAPTER_CONFIG = "adapter_config.json"
+
+
 def resolve_model(name: str) -> ModelSource:
     """Map a model name to its source, converting the default model's GGUF on first use.
 
@@ -132,6 +137,8 @@ def resolve_model(name: str) -> ModelSource:
             raise UserError(f"model file not found: {path}")
         return ModelSource("folder", str(ensure_converted(path, path.stem)))
     if path.is_dir():
+        if (path / ADAPTER_CONFIG).is_file() and not (path / "config.json").is_file():
+            return ModelSource("adapter", str(path))
         if not (path / "config.json").is_file():
             raise UserError(f"{path} is not a model folder (no config.json in it)")
         return ModelSource("folder", str(path))
@@ -184,6 +191,8 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     source = resolve_model(name)
     if source.kind == "tiny":
         return tiny_random_llama()[1]
+    if source.kind == "adapter" and not (Path(source.location) / "tokenizer_config.json").is_file():
+        return load_tokenizer(adapter_base(Path(source.location)))
     return _prepare_tokenizer(_from_pretrained(AutoTokenizer, source.location, name))
 
 
@@ -203,6 +212,10 @@ def load_causal_lm(
     if source.kind == "tiny":
         model, tokenizer = tiny_random_llama(seed=seed)
         return model.to(torch_dtype), tokenizer
+    if source.kind == "adapter":
+        return load_adapter_folder(
+            Path(source.location), dtype=torch_dtype, trust_remote_code=trust_remote_code, seed=seed
+        )
     tokenizer = _prepare_tokenizer(
         _from_pretrained(AutoTokenizer, source.location, name, trust_remote_code=trust_remote_code)
     )
@@ -215,6 +228,33 @@ def load_causal_lm(
     )
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def adapter_base(folder: Path) -> str:
+    """The model a LoRA adapter folder was trained on (`base_model_name_or_path`); a
+    relative path is taken from the adapter's folder, so a moved run folder still loads."""
+    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    base = config.get("base_model_name_or_path")
+    if not base:
+        raise UserError(f"{folder / ADAPTER_CONFIG} names no base model")
+    candidate = folder / base
+    return str(candidate.resolve()) if not Path(base).is_absolute() and candidate.exists() else base
+
+
+def load_adapter_folder(
+    folder: Path, *, dtype: torch.dtype, trust_remote_code: bool, seed: int
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A LoRA adapter folder as a plain model: its base (any name `load_causal_lm` takes,
+    another adapter folder included) with the adapter merged in memory."""
+    from peft import PeftModel
+
+    model, tokenizer = load_causal_lm(
+        adapter_base(folder), dtype=dtype, trust_remote_code=trust_remote_code, seed=seed
+    )
+    if (folder / "tokenizer_config.json").is_file():
+        tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(str(folder)))
+    model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
     return model, tokenizer
 
 

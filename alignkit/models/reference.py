@@ -23,11 +23,20 @@ def apply_lora(
     alpha: int = 32,
     dropout: float = 0.0,
     target_modules: Sequence[str] | str = "all-linear",
+    top_layers: int | None = None,
 ) -> nn.Module:
-    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen."""
+    """Wrap `model` with trainable LoRA adapters (peft); the base weights are frozen.
+
+    With `top_layers`, only the top N decoder layers get adapters: nothing below them then
+    needs a gradient, so the backward pass stops at the lowest adapted layer."""
     from peft import LoraConfig, get_peft_model
 
+    layers = None
+    if top_layers is not None:
+        total = model.config.num_hidden_layers
+        layers = list(range(max(0, total - top_layers), total))
     config = LoraConfig(
+        layers_to_transform=layers,
         r=r,
         lora_alpha=alpha,
         lora_dropout=dropout,

@@ -20,15 +20,20 @@ rerun, so a pipeline that stopped half-way continues where it was.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 
 from alignkit.errors import UserError
+from alignkit.options import load_config
+
+C = TypeVar("C")
 
 STAGES = ("task", "feedback", "sft", "rm", "dpo", "ppo", "grpo", "hack", "eval", "report")
 DONE = "done.json"
@@ -47,44 +52,66 @@ class PipelineConfig:
     max_new_tokens: int = 48
     overlap: int = 3  # annotators per pair
     drop_flagged: bool = True  # the label rule: drop flagged annotators, then majority
-    stage_budget: dict[str, str] = field(default_factory=dict)  # stage -> --time-budget
+    # stage -> that trainer's options (as `alignkit sft --help` lists them), over the
+    # stage's own defaults; checked like the command line's
+    stage_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     stage_steps: int | None = None  # cap every trainer at this many steps (tests)
     batch_size: int = 4
     seed: int = 0
+    keep_checkpoints: bool = False  # keep each finished stage's resumable checkpoints
     stages: tuple[str, ...] = STAGES
 
 
+# LoRA on every linear map of the top 12 of SmolLM2's 30 layers: the backward pass stops
+# there, and each policy's adapter is a few MB (π_ref is the SFT model, adapter off)
+LORA = {
+    "use_lora": True,
+    "lora_r": 16,
+    "lora_alpha": 32.0,
+    "lora_dropout": 0.0,
+    "lora_top_layers": 12,
+    "lora_target_modules": [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ],
+}
+
+OFFLINE = {"batch_size": 8, "gradient_accumulation_steps": 1}  # 8 examples (pairs) a step
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # about 14 minutes on 2 CPU cores: sampling the feedback ~3, the trainers ~7, eval ~4.5
     "quick": {
         "arithmetic": 8,
         "held_out": 0.3,
         "samples_per_prompt": 4,
-        "heldout_samples": 2,
+        "heldout_samples": 3,
         "max_new_tokens": 64,
-        "stage_budget": {
-            "sft": "40s",
-            "rm": "70s",
-            "dpo": "100s",
-            "ppo": "80s",
-            "grpo": "50s",
-            "hack": "60s",
+        "stage_options": {
+            "sft": {"num_epochs": 2, "learning_rate": 4e-4, **OFFLINE, **LORA},
+            "rm": {"num_epochs": 2, "frozen_layers": 24, "learning_rate": 2e-4, **OFFLINE},
+            "dpo": {"num_epochs": 2, "learning_rate": 5e-4, "beta": 0.1, **OFFLINE, **LORA},
+            "ppo": {"time_budget": "100s", "batch_size": 16, "learning_rate": 5e-4, **LORA},
+            "grpo": {"time_budget": "100s", "batch_size": 8, "learning_rate": 5e-4, **LORA},
+            "hack": {"time_budget": "60s", "batch_size": 8, "learning_rate": 1e-3, **LORA},
         },
     },
-    # about 40 minutes: the whole task, 6 answers per prompt (15 pairs), longer stages
     "full": {
         "arithmetic": 20,
         "held_out": 0.4,
         "samples_per_prompt": 6,
         "heldout_samples": 3,
         "max_new_tokens": 64,
-        "stage_budget": {
-            "sft": "3m",
-            "rm": "5m",
-            "dpo": "6m",
-            "ppo": "6m",
-            "grpo": "6m",
-            "hack": "4m",
+        "stage_options": {
+            "sft": {"num_epochs": 3, "learning_rate": 4e-4, **OFFLINE, **LORA},
+            "rm": {"num_epochs": 3, "frozen_layers": 22, "learning_rate": 2e-4, **OFFLINE},
+            "dpo": {"num_epochs": 2, "learning_rate": 5e-4, "beta": 0.1, **OFFLINE, **LORA},
+            "ppo": {"time_budget": "4m", "batch_size": 16, "learning_rate": 5e-4, **LORA},
+            "grpo": {"time_budget": "4m", "batch_size": 8, "learning_rate": 5e-4, **LORA},
+            "hack": {"time_budget": "2m", "batch_size": 8, "learning_rate": 1e-3, **LORA},
         },
     },
 }
@@ -110,7 +137,9 @@ class Pipeline:
 
     def __init__(self, cfg: PipelineConfig, console: Console | None = None):
         self.cfg = cfg
-        self.root = Path(cfg.output_dir or f"runs/pipeline-{time.strftime('%Y%m%d-%H%M%S')}")
+        self.root = Path(
+            cfg.output_dir or f"runs/pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
+        ).absolute()
         self.console = console or Console()
         unknown = [s for s in cfg.stages if s not in STAGES]
         if unknown:
@@ -148,10 +177,23 @@ class Pipeline:
 
     # ---- helpers the stages share
 
-    def trainer_options(self, stage: str) -> dict[str, Any]:
-        """What every trainer of the pipeline gets: the stage's folder, budget, cap."""
+    def finish_trainer(self, stage: str) -> None:
+        """What a finished trainer's folder keeps: its metrics, events, rollouts and final
+        model; a LoRA policy's model as its adapter alone (a few MB, over the model it
+        was trained from: `alignkit eval` and `--model` load it as the merged model), and
+        the resumable checkpoints only with `keep_checkpoints`."""
+        run = self.folder(stage) / "run"
+        if not self.cfg.keep_checkpoints:
+            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        keep_adapter_only(run / "model")
+
+    def trainer_config(self, config_class: type[C], stage: str, **wiring: Any) -> C:
+        """The trainer's config for `stage`: the pipeline's wiring (this stage's folder,
+        seed, data), `wiring` (the stage's defaults), then the preset's options for the
+        stage, checked as the command line's are: a wrong key or value is one error line
+        naming the stage."""
         cfg = self.cfg
-        options: dict[str, Any] = {
+        values: dict[str, Any] = {
             "output_dir": str(self.folder(stage) / "run"),
             "seed": cfg.seed,
             "batch_size": cfg.batch_size,
@@ -160,13 +202,33 @@ class Pipeline:
             "eval_every": 0,
             "resume": True,  # a stage cut short continues from its last checkpoint
         }
-        if stage in cfg.stage_budget:
-            options["time_budget"] = cfg.stage_budget[stage]
+        values.update(wiring)
+        values.update(cfg.stage_options.get(stage, {}))
         if cfg.stage_steps is not None:
-            options["max_steps"] = cfg.stage_steps
-        elif stage not in cfg.stage_budget:
-            options["max_steps"] = 20
-        return options
+            values["max_steps"] = cfg.stage_steps
+            values.pop("time_budget", None)
+        return load_config(config_class, overrides=values, source=f"pipeline stage {stage}")
+
+
+def keep_adapter_only(model_dir: Path) -> None:
+    """Turn a LoRA export (merged weights, the adapter in ``adapter/``) into an adapter
+    folder: the adapter's files and the tokenizer's, its base named relative to it."""
+    adapter = model_dir / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        return
+    for name in ("model.safetensors", "config.json", "generation_config.json"):
+        (model_dir / name).unlink(missing_ok=True)
+    for weights in model_dir.glob("model-*.safetensors"):
+        weights.unlink()
+    for path in adapter.iterdir():
+        path.replace(model_dir / path.name)
+    adapter.rmdir()
+    config_path = model_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    base = Path(config.get("base_model_name_or_path") or "")
+    if base.is_absolute() and base.exists():
+        config["base_model_name_or_path"] = os.path.relpath(base, model_dir)
+        config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
 def config_for(preset: str | None, **overrides: Any) -> PipelineConfig:

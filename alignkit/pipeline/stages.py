@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from typing import TYPE_CHECKING, Any
 
 from alignkit.pipeline.run import read_jsonl, write_jsonl
@@ -13,7 +12,7 @@ from alignkit.pipeline.run import read_jsonl, write_jsonl
 if TYPE_CHECKING:
     from alignkit.pipeline.run import Pipeline
 
-SAMPLING_ROWS = 32  # rows sampled (and evaluated) at once: the cost per row falls up to here
+SAMPLING_ROWS = 64  # rows sampled (and evaluated) at once: the cost per row falls up to here
 
 
 def _assistant(text: str) -> list[dict[str, str]]:
@@ -56,18 +55,20 @@ def _sample_answers(p: Pipeline, rows: list[dict], k: int) -> list[list[str]]:
     from tqdm.auto import tqdm
 
     from alignkit.models import load_causal_lm
+    from alignkit.rollout.llama_step import frozen_weights
     from alignkit.rollout.sampling import SamplingConfig, sample
 
     model, tokenizer = load_causal_lm(p.cfg.model, seed=p.cfg.seed)
     config = SamplingConfig(max_new_tokens=p.cfg.max_new_tokens, temperature=1.0, do_sample=True)
     size = max(1, SAMPLING_ROWS // k)  # prompts per batch
     answers: list[list[str]] = []
-    for start in tqdm(range(0, len(rows), size), desc="sampling answers"):
-        chunk = [r["prompt"] for r in rows[start : start + size]]
-        texts = sample(
-            model, tokenizer, chunk, config, num_samples=k, seed=p.cfg.seed + start
-        ).texts
-        answers += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]
+    with frozen_weights(model):
+        for start in tqdm(range(0, len(rows), size), desc="sampling answers"):
+            chunk = [r["prompt"] for r in rows[start : start + size]]
+            texts = sample(
+                model, tokenizer, chunk, config, num_samples=k, seed=p.cfg.seed + start
+            ).texts
+            answers += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]
     return answers
 
 
@@ -218,15 +219,11 @@ def stage_sft(p: Pipeline) -> dict[str, Any]:
                 }
             )
     data = write_jsonl(p.folder("sft") / "demonstrations.jsonl", demos)
-    cfg = SFTConfig(
-        model=p.cfg.model,
-        dataset=str(data),
-        eval_fraction=0.0,
-        learning_rate=1e-5,
-        num_epochs=2,
-        **p.trainer_options("sft"),
+    cfg = p.trainer_config(
+        SFTConfig, "sft", model=p.cfg.model, dataset=str(data), eval_fraction=0.0
     )
     result = SFTTrainer(cfg).train()
+    p.finish_trainer("sft")
     return {
         "demonstrations": len(demos),
         "demo_gold": sum(d["gold"] for d in demos) / len(demos),
@@ -238,16 +235,16 @@ def stage_sft(p: Pipeline) -> dict[str, Any]:
 def stage_rm(p: Pipeline) -> dict[str, Any]:
     from alignkit.train.reward import RewardConfig, RewardTrainer
 
-    cfg = RewardConfig(
+    cfg = p.trainer_config(
+        RewardConfig,
+        "rm",
         model=_model(p, "sft"),
         dataset=str(p.folder("feedback") / "pairs.jsonl"),
         eval_dataset=str(p.folder("feedback") / "heldout_pairs.jsonl"),
         center_rewards_coefficient=0.01,
-        learning_rate=5e-5,
-        num_epochs=2,
-        **p.trainer_options("rm"),
     )
     result = RewardTrainer(cfg).train()
+    p.finish_trainer("rm")
     return {
         "steps": result.steps,
         "heldout_accuracy": result.eval_metrics.get("eval_accuracy"),
@@ -257,45 +254,24 @@ def stage_rm(p: Pipeline) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- 5. policies
 
-# The policies train LoRA adapters: π_ref is the SFT model with its adapter off (no second
-# copy in memory), the optimiser state and checkpoints are a few MB, and the backward pass
-# skips the frozen weights' gradients.
-LORA = {"use_lora": True, "lora_r": 16, "lora_alpha": 32.0}
-
-
-# DPO passes over its pairs at most this often, however long its budget. A few hundred pairs
-# are learnt by heart in a few epochs: the loss falls to 0.02 while the policy drifts far
-# from the reference (benchmarks/README.md, "The pipeline's DPO stage").
-DPO_EPOCHS = 2
-DPO_ACCUMULATION = 2  # micro-batches per optimizer step
-
 
 def stage_dpo(p: Pipeline) -> dict[str, Any]:
     from alignkit.train.dpo import DPOConfig, DPOTrainer
 
     pairs = p.folder("feedback") / "pairs_best_worst.jsonl"
-    options = p.trainer_options("dpo")
-    micro_batches = math.ceil(len(read_jsonl(pairs)) / options["batch_size"])
-    epochs_cap = max(1, DPO_EPOCHS * micro_batches // DPO_ACCUMULATION)
-    options["max_steps"] = min(options.get("max_steps", epochs_cap), epochs_cap)
-    cfg = DPOConfig(
-        model=_model(p, "sft"),
-        dataset=str(pairs),
-        eval_fraction=0.0,
-        beta=0.1,
-        learning_rate=5e-4,
-        gradient_accumulation_steps=DPO_ACCUMULATION,
-        **LORA,
-        **options,
+    cfg = p.trainer_config(
+        DPOConfig, "dpo", model=_model(p, "sft"), dataset=str(pairs), eval_fraction=0.0
     )
     result = DPOTrainer(cfg).train()
+    p.finish_trainer("dpo")
     return {"steps": result.steps, "model": str(result.model_dir)}
 
 
 SHAPING = {"shaping": {"evasion": {"weight": 0.5}}}  # the seeds' penalty for refusing
 
 
-def _online_summary(result: Any) -> dict[str, Any]:
+def _online_summary(p: Pipeline, stage: str, result: Any) -> dict[str, Any]:
+    p.finish_trainer(stage)
     return {
         "iterations": result.steps,
         "model": str(result.model_dir),
@@ -303,7 +279,7 @@ def _online_summary(result: Any) -> dict[str, Any]:
     }
 
 
-def _online_common(p: Pipeline, stage: str) -> dict[str, Any]:
+def _online_common(p: Pipeline) -> dict[str, Any]:
     return {
         "model": _model(p, "sft"),
         "dataset": str(p.folder("task") / "train.jsonl"),
@@ -311,42 +287,40 @@ def _online_common(p: Pipeline, stage: str) -> dict[str, Any]:
         "max_new_tokens": p.cfg.max_new_tokens,
         "gold_reward": _gold_section(p),
         "rollouts_every": 5,
-        **p.trainer_options(stage),
     }
 
 
 def stage_ppo(p: Pipeline) -> dict[str, Any]:
     from alignkit.train.ppo import PPOConfig, PPOTrainer
 
-    cfg = PPOConfig(
+    cfg = p.trainer_config(
+        PPOConfig,
+        "ppo",
         reward_model=_model(p, "rm"),
         reward=SHAPING,
-        learning_rate=5e-4,
         kl_coef=0.05,
         kl_target=4.0,
         kl_horizon=2000,
         ppo_epochs=1,
         num_minibatches=1,
-        **LORA,
-        **_online_common(p, "ppo"),
+        **_online_common(p),
     )
-    return _online_summary(PPOTrainer(cfg).train())
+    return _online_summary(p, "ppo", PPOTrainer(cfg).train())
 
 
 def stage_grpo(p: Pipeline) -> dict[str, Any]:
     from alignkit.train.grpo import GRPOConfig, GRPOTrainer
 
-    options = _online_common(p, "grpo") | {"batch_size": max(1, p.cfg.batch_size // 2)}
-    cfg = GRPOConfig(
+    cfg = p.trainer_config(
+        GRPOConfig,
+        "grpo",
         reward_model=_model(p, "rm"),
         reward=SHAPING,
-        learning_rate=5e-4,
         kl_coef=0.04,
         num_generations=4,
-        **LORA,
-        **options,
+        **_online_common(p),
     )
-    return _online_summary(GRPOTrainer(cfg).train())
+    return _online_summary(p, "grpo", GRPOTrainer(cfg).train())
 
 
 # ----------------------------------------------------------------------------- 6. hack
@@ -358,10 +332,6 @@ def stage_hack(p: Pipeline) -> dict[str, Any]:
     the guard watches the gold judge against the proxy and the answers' length."""
     from alignkit.train.grpo import GRPOConfig, GRPOTrainer
 
-    options = _online_common(p, "hack") | {
-        "save_every": 1,  # rollback needs good checkpoints: the one before the drift
-        "keep_last_checkpoints": 4,
-    }
     proxy = {
         "reward_model": _model(p, "rm"),
         "reward_functions": [{"spec": "alignkit.pipeline.proxy:pays_for_length", "weight": 2.0}],
@@ -379,16 +349,19 @@ def stage_hack(p: Pipeline) -> dict[str, Any]:
             },
         },
     }
-    cfg = GRPOConfig(
+    cfg = p.trainer_config(
+        GRPOConfig,
+        "hack",
         reward=proxy,
-        learning_rate=1e-3,
         kl_coef=0.001,
         num_generations=4,
         guard=guard,
-        **LORA,
-        **options,
+        save_every=1,  # rollback needs good checkpoints: the one before the drift
+        keep_last_checkpoints=4,
+        **_online_common(p),
     )
     result = GRPOTrainer(cfg).train()
+    p.finish_trainer("hack")
     events = read_jsonl(p.folder("hack") / "run" / "events.jsonl")
     return {
         "proxy": "reward model + 2 × min(1, words / 60)",

@@ -68,6 +68,7 @@ def load_policy(cfg: TrainConfig) -> tuple[nn.Module, PreTrainedTokenizerBase]:
             alpha=cfg.lora_alpha,
             dropout=cfg.lora_dropout,
             target_modules=cfg.lora_target_modules,
+            top_layers=cfg.lora_top_layers,
         )
     return model, tokenizer
 

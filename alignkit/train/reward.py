@@ -17,7 +17,12 @@ from transformers import PreTrainedTokenizerBase
 
 from alignkit.data import PreferenceCollator
 from alignkit.errors import UserError
-from alignkit.models.heads import ScalarHeadModel, load_scalar_model
+from alignkit.models.heads import (
+    ScalarHeadModel,
+    load_scalar_model,
+    score_from_trunk,
+    trunk_states,
+)
 from alignkit.ops.losses import (
     bradley_terry_loss,
     preference_accuracy,
@@ -38,6 +43,14 @@ class RewardConfig(TrainConfig):
     center_rewards_coefficient: float = option(
         0.0, "Weight of E[(r_w + r_l)²], pulling the mean reward toward 0 (0 = off).", min=0
     )
+    frozen_layers: int = option(
+        0,
+        "Keep the embeddings and the bottom N decoder layers fixed. Their output for each "
+        "distinct training sequence is computed once, and every step runs and trains only "
+        "the layers above and the head: several epochs for about the price of one forward "
+        "pass (0 = train every weight).",
+        min=0,
+    )
 
 
 def pair_scores(model: ScalarHeadModel, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,11 +66,67 @@ def pair_scores(model: ScalarHeadModel, batch: dict[str, Any]) -> tuple[torch.Te
     return scores[:half], scores[half:]
 
 
+class TrunkPairCollator:
+    """Batches pairs whose sequences' frozen-trunk states were computed once
+    (:func:`~alignkit.models.heads.trunk_states`): `states` [2B, T, H] right-padded (the
+    chosen rows first, then the rejected), `attention_mask`, margins and groups."""
+
+    def __init__(self, states: list[torch.Tensor]):
+        self.states = states
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        rows = [self.states[f["chosen"]] for f in features]
+        rows += [self.states[f["rejected"]] for f in features]
+        length = max(r.shape[0] for r in rows)
+        states = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for i, r in enumerate(rows):
+            states[i, : r.shape[0]] = r
+            mask[i, : r.shape[0]] = 1
+        margins = [f.get("margin") for f in features]
+        return {
+            "states": states,
+            "attention_mask": mask,
+            "margin": torch.tensor([m or 0.0 for m in margins], dtype=torch.float),
+            "has_margin": torch.tensor([m is not None for m in margins], dtype=torch.bool),
+            "group": [f.get("group") for f in features],
+        }
+
+
+def trunk_pairs(
+    model: ScalarHeadModel, features: list[dict[str, Any]], layers: int
+) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
+    """Pairs as indices into the distinct sequences they hold (an answer compared with
+    several others is one sequence), and each sequence's frozen-trunk states."""
+    index: dict[tuple[int, ...], int] = {}
+
+    def key(ids: list[int]) -> int:
+        return index.setdefault(tuple(ids), len(index))
+
+    pairs = [
+        {
+            "chosen": key(f["chosen_input_ids"]),
+            "rejected": key(f["rejected_input_ids"]),
+            "margin": f.get("margin"),
+            "group": f.get("group"),
+        }
+        for f in features
+    ]
+    states = trunk_states(model, [list(ids) for ids in index], layers)
+    return pairs, states
+
+
 def reward_batch_loss(
     model: ScalarHeadModel, batch: dict[str, Any], cfg: RewardConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Bradley–Terry loss of one batch of pairs (chosen rows first, then rejected)."""
-    chosen, rejected = pair_scores(model, batch)
+    if "states" in batch:  # the frozen trunk's output, computed once
+        scores = score_from_trunk(
+            model, batch["states"], batch["attention_mask"], cfg.frozen_layers
+        )
+        chosen, rejected = scores.chunk(2)
+    else:
+        chosen, rejected = pair_scores(model, batch)
     margin = None
     if cfg.use_margin and bool(batch["has_margin"].any()):
         margin = (batch["margin"] * batch["has_margin"]).to(chosen.device)
@@ -102,6 +171,20 @@ class RewardTrainer:
         train_features = tokenize(train_records, tokenizer, cfg)
         eval_features = tokenize(eval_records, tokenizer, cfg)
         collator = PreferenceCollator(tokenizer.pad_token_id)
+        train_collator = collator
+        if cfg.frozen_layers:
+            layers = self.model.config.num_hidden_layers
+            if cfg.frozen_layers >= layers:
+                raise UserError(
+                    f"frozen_layers must be below the model's {layers} decoder layers, "
+                    f"got {cfg.frozen_layers}"
+                )
+            backbone = self.model.backbone
+            backbone.embed_tokens.requires_grad_(False)
+            for layer in backbone.layers[: cfg.frozen_layers]:
+                layer.requires_grad_(False)
+            train_features, states = trunk_pairs(self.model, train_features, cfg.frozen_layers)
+            train_collator = TrunkPairCollator(states)
 
         def save(model: ScalarHeadModel, directory: Path) -> None:
             model.save_pretrained(directory)
@@ -129,7 +212,7 @@ class RewardTrainer:
             engine.evaluate(eval_fn, epoch=0.0)
         return engine.fit(
             train_features,
-            collator,
+            train_collator,
             loss_fn,
             eval_fn if eval_features else None,
             progress_metric="accuracy",

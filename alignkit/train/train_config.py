@@ -117,6 +117,12 @@ class TrainConfig:
     lora_target_modules: list[str] = option(
         ["q_proj", "k_proj", "v_proj", "o_proj"], "Module names LoRA adapts (comma-separated)."
     )
+    lora_top_layers: int | None = option(
+        None,
+        "Adapt only the top N decoder layers (none = all). The backward pass then stops at "
+        "the lowest adapted layer: a cheaper step, for style and format usually enough.",
+        min=1,
+    )
 
     def __post_init__(self) -> None:
         # A default that depends on another option follows it (Python API and loader alike).

@@ -108,7 +108,8 @@ def test_model_text_is_escaped_in_the_report(finished, tmp_path):
 
 def test_presets_and_unknown_stages():
     trainers = {"sft", "rm", "dpo", "ppo", "grpo", "hack"}
-    assert set(config_for("quick").stage_budget) == set(config_for("full").stage_budget) == trainers
+    assert set(config_for("quick").stage_options) == set(config_for("full").stage_options)
+    assert set(config_for("quick").stage_options) == trainers
     assert config_for("full", model="x").model == "x"
     from alignkit.errors import UserError
 
@@ -134,16 +135,39 @@ def test_best_against_worst_by_the_labels_wins():
     assert stages.best_against_worst({}) is None
 
 
-def test_dpo_stops_after_its_epochs_however_long_its_budget(finished, tmp_path):
-    # a 60 s budget would fit far more tiny-model steps than two epochs over the pairs
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_every_presets_stage_options_are_valid_trainer_options(preset, tmp_path):
+    from alignkit.train.dpo import DPOConfig
+    from alignkit.train.grpo import GRPOConfig
+    from alignkit.train.ppo import PPOConfig
+    from alignkit.train.reward import RewardConfig
+    from alignkit.train.sft import SFTConfig
+
+    classes = {"sft": SFTConfig, "rm": RewardConfig, "dpo": DPOConfig, "ppo": PPOConfig}
+    classes |= {"grpo": GRPOConfig, "hack": GRPOConfig}
+    pipeline = Pipeline(replace(config_for(preset), output_dir=str(tmp_path)))
+    for stage, options in pipeline.cfg.stage_options.items():
+        online = {"reward_model": "rm"} if stage in ("ppo", "grpo", "hack") else {}
+        cfg = pipeline.trainer_config(classes[stage], stage, model="m", dataset="d", **online)
+        assert all(getattr(cfg, key) == value for key, value in options.items()), stage
+
+
+def test_a_wrong_key_in_a_preset_is_one_error_naming_the_stage(tmp_path):
+    from alignkit.errors import UserError
+    from alignkit.train.sft import SFTConfig
+
+    cfg = replace(
+        config_for("quick"), output_dir=str(tmp_path), stage_options={"sft": {"lerning_rate": 1}}
+    )
+    with pytest.raises(UserError, match="pipeline stage sft.*lerning_rate"):
+        Pipeline(cfg).trainer_config(SFTConfig, "sft", model="m", dataset="d")
+
+
+def test_finished_policies_keep_their_adapter_and_no_checkpoints(finished):
     _, pipeline, _ = finished
-    root = tmp_path / "pipe"
-    shutil.copytree(pipeline.root, root)
-    shutil.rmtree(root / "dpo")
-    cfg = replace(pipeline.cfg, output_dir=str(root), stage_steps=None, stage_budget={"dpo": "60s"})
-    copy = Pipeline(cfg)
-    copy.folder("dpo").mkdir()
-    pairs = (root / "feedback" / "pairs_best_worst.jsonl").read_text().splitlines()
-    micro_batches = -(-len(pairs) // cfg.batch_size)
-    result = stages.stage_dpo(copy)
-    assert result["steps"] == stages.DPO_EPOCHS * micro_batches // stages.DPO_ACCUMULATION
+    from alignkit.models import load_causal_lm
+
+    for stage in ("sft", "rm", "dpo", "ppo", "grpo", "hack"):
+        assert not (pipeline.folder(stage) / "run" / "checkpoints").exists(), stage
+    model, _ = load_causal_lm(str(pipeline.folder("dpo") / "run" / "model"))
+    assert model is not None

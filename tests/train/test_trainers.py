@@ -87,6 +87,38 @@ def test_reward_model_separates_synthetic_preferences(tmp_path):
     assert model.kind == "reward"
 
 
+def test_reward_model_with_a_frozen_trunk_learns_and_leaves_the_trunk_alone(tmp_path):
+    data = write_preferences(tmp_path / "prefs.jsonl")
+    cfg = RewardConfig(**common(tmp_path, data, max_steps=40, learning_rate=1e-3), frozen_layers=1)
+    trainer = RewardTrainer(cfg)
+    before = {k: v.clone() for k, v in trainer.model.backbone.state_dict().items()}
+    result = trainer.train()
+    assert eval_records(cfg.output_dir)[-1]["eval_accuracy"] > 0.9
+    after = load_scalar_model(str(result.model_dir))[0].backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("layers.1.", "norm.")) for k in changed), changed
+
+
+def test_frozen_trunk_scores_equal_the_full_forward():
+    from alignkit.models.heads import ScalarHeadModel, score_from_trunk, trunk_states
+    from alignkit.models.tiny import tiny_random_llama
+
+    lm, tok = tiny_random_llama(seed=3)
+    model = ScalarHeadModel.from_causal_lm(lm).eval()
+    sequences = [tok.encode("hello there"), tok.encode("a much longer text to score"), [5]]
+    states = trunk_states(model, sequences, 1)
+    length = max(len(s) for s in sequences)
+    padded = torch.zeros(3, length, states[0].shape[1])
+    mask = torch.zeros(3, length, dtype=torch.long)
+    ids = torch.zeros(3, length, dtype=torch.long)
+    for i, s in enumerate(sequences):
+        padded[i, : len(s)], mask[i, : len(s)], ids[i, : len(s)] = states[i], 1, torch.tensor(s)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            score_from_trunk(model, padded, mask, 1), model.score(ids, mask), atol=1e-5, rtol=1e-4
+        )
+
+
 def test_dpo_widens_held_out_margin(tmp_path):
     data = write_preferences(tmp_path / "prefs.jsonl")
     cfg = DPOConfig(**common(tmp_path, data, max_steps=30, learning_rate=5e-4, beta=0.1))

@@ -46,10 +46,12 @@ test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 # alignkit vs TRL on this machine (benchmarks/README.md): `make bench` runs the default model
-# (several minutes), `make bench QUICK=1` the tiny random model (under a minute).
+# (several minutes), `make bench QUICK=1` the tiny random model (under a minute); then the
+# sampling workload: alignkit's sampler beside `generate` and this machine's limits.
 BENCH_ARGS ?=
 bench: setup
 	$(PY) benchmarks/run.py $(if $(QUICK),--quick) $(BENCH_ARGS)
+	$(PY) benchmarks/sampling.py $(if $(QUICK),--quick)
 
 lint: setup
 	$(VENV)/bin/ruff check --fix .

@@ -283,3 +283,19 @@ def test_a_stored_run_reprints_with_its_headline(capsys):
     }
     assert run.main(["--report", str(stored)]) == 0
     assert "alignkit / the fastest TRL" in capsys.readouterr().out
+
+
+def test_sampling_workload_on_the_tiny_model(tmp_path):
+    """The sampling benchmark's record: every row count, both systems, the limits and the
+    ratios to the binding one (no timing asserted)."""
+    from benchmarks import sampling
+
+    out = tmp_path / "sampling.json"
+    assert sampling.main(["--quick", "--threads", "1", "--repeats", "1", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["rows"] for r in result["rows"]] == list(sampling.ROWS)
+    for row in result["rows"]:
+        limit = max(row["limit_stream_ms"], row["limit_compute_ms"])
+        for system in ("alignkit_float32", "alignkit_bfloat16", "generate_float32"):
+            assert row[f"{system}_vs_limit"] == pytest.approx(row[f"{system}_ms"] / limit)
+        assert row["binding_limit"] in ("read bandwidth", "matmul peak")

@@ -255,7 +255,7 @@ def load_adapter_folder(
     if (folder / "tokenizer_config.json").is_file():
         tokenizer = _prepare_tokenizer(AutoTokenizer.from_pretrained(str(folder)))
     model = PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
-    return model, tokenizer
+    return model.requires_grad_(True), tokenizer  # peft froze the base it wrapped
 
 
 def _from_pretrained(cls, location: str, name: str, **kwargs):

@@ -59,7 +59,9 @@ def _sample_answers(p: Pipeline, rows: list[dict], k: int) -> list[list[str]]:
     from alignkit.rollout.sampling import SamplingConfig, sample
 
     model, tokenizer = load_causal_lm(p.cfg.model, seed=p.cfg.seed)
-    config = SamplingConfig(max_new_tokens=p.cfg.max_new_tokens, temperature=1.0, do_sample=True)
+    config = SamplingConfig(
+        max_new_tokens=p.cfg.max_new_tokens, temperature=1.0, dtype=p.cfg.feedback_dtype
+    )
     size = max(1, SAMPLING_ROWS // k)  # prompts per batch
     answers: list[list[str]] = []
     with frozen_weights(model):

@@ -140,3 +140,29 @@ def test_default_model_converts_and_answers():
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
     out = model.generate(ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, ids.shape[1] :])
+
+
+def test_an_adapter_folder_loads_as_its_merged_model_with_every_weight_trainable(tmp_path):
+    """peft freezes the base it wraps; merged back, the model must train like any other
+    (the reward model trains its layers from the SFT adapter's merged model)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from alignkit.models import load_causal_lm
+    from alignkit.models.tiny import tiny_random_llama
+
+    base, tok = tiny_random_llama(seed=0)
+    base.save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    base, _ = load_causal_lm(str(tmp_path / "base"))
+    lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    lora.save_pretrained(tmp_path / "adapter")
+    model, _ = load_causal_lm(str(tmp_path / "adapter"))
+    assert all(p.requires_grad for p in model.parameters())
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, lora(input_ids=ids).logits)

@@ -36,10 +36,12 @@ class AdaptiveKLController(FixedKLController):
     """β moves to keep the measured KL near a target (Ziegler et al. 2019):
 
         e = clip(KL / target − 1, −0.2, 0.2)
-        β ← β · (1 + e · n / horizon)
+        β ← β · (1 + e · min(n / horizon, 1))
 
     with n the number of samples (episodes) in the batch just used. The clip bounds each
-    update: at most ±20 % per ``horizon`` samples, so one noisy KL estimate cannot swing β.
+    update: at most ±20 % per ``horizon`` samples, so one noisy KL estimate cannot swing β;
+    a batch larger than the horizon counts as one horizon, so β stays positive (Ziegler's
+    β·(1 + e·n/H) is negative once n/H > 5).
     KL and target must be in the same units (the trainer's ``objective/kl``).
     `load_state_dict` restores β; target and horizon come from the constructor (config).
     """
@@ -54,7 +56,7 @@ class AdaptiveKLController(FixedKLController):
 
     def update(self, current_kl: float, n_steps: int) -> float:
         error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        self.value *= 1.0 + error * min(n_steps / self.horizon, 1.0)
         return self.value
 
 

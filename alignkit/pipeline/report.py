@@ -43,8 +43,10 @@ def build_summary(p: Pipeline) -> dict[str, Any]:
     evaluation = json.loads((p.folder("eval") / "eval.json").read_text(encoding="utf-8"))
     finished = {s: p.done(s) for s in p.cfg.stages if s != "report"}
     stages = {s: result for s, result in finished.items() if result is not None}
+    hack_rows = _metrics(p.folder("hack") / "run" / "metrics.jsonl")
     return {
         "model": p.cfg.model,
+        "seed": p.cfg.seed,
         "prompts_held_out": evaluation["prompts"],
         "interval": evaluation["interval"],
         "baselines": evaluation["baselines"],
@@ -52,8 +54,73 @@ def build_summary(p: Pipeline) -> dict[str, Any]:
         "reward_model": {"heldout_accuracy": (stages.get("rm") or {}).get("heldout_accuracy")},
         "feedback": stages.get("feedback"),
         "hacking": stages.get("hack"),
+        "hacking_curve": [
+            {k: r.get(k) for k in ("iteration", "objective/scores", "gold/score")}
+            for r in hack_rows
+        ],
         "seconds": {s: v.get("seconds") for s, v in stages.items()},
     }
+
+
+def _versus(m: dict[str, Any], baseline: str) -> str:
+    v = m["versus"][baseline]
+    return f"{v['win_rate']:.2f} ({v['win_rate_low']:.2f}–{v['win_rate_high']:.2f})"
+
+
+def _verdict(m: dict[str, Any], baseline: str) -> str:
+    v = m["versus"][baseline]
+    if v["win_rate_low"] > 0.5:
+        return "beats"
+    if v["win_rate_high"] < 0.5:
+        return "loses to"
+    return "ties"
+
+
+def story(summary: dict[str, Any]) -> list[str]:
+    """What each stage contributed in this run, in sentences made from its numbers."""
+    methods, lines = summary["methods"], []
+    first = summary["baselines"][0]
+    if "sft" in methods and "base" in methods["sft"].get("versus", {}):
+        sft = methods["sft"]
+        lines.append(
+            f"SFT {_verdict(sft, 'base')} the base model on gold: win rate "
+            f"{_versus(sft, 'base')}, gold {methods['base']['gold']:.3f} → {sft['gold']:.3f}."
+        )
+    accuracy = summary["reward_model"]["heldout_accuracy"]
+    if accuracy is not None:
+        lines.append(
+            f"The reward model orders {accuracy:.0%} of held-out answer pairs as the gold "
+            "judge does."
+        )
+    for name, label in (("dpo", "DPO"), ("ppo", "PPO"), ("grpo", "GRPO")):
+        if name in methods and first in methods[name].get("versus", {}):
+            m = methods[name]
+            lines.append(
+                f"{label} {_verdict(m, first)} the {first.upper()} policy: win rate "
+                f"{_versus(m, first)}, gold {m['gold']:.3f}, KL {m.get('kl') or 0:.1f} nats."
+            )
+    curve = [r for r in summary.get("hacking_curve", []) if r.get("gold/score") is not None]
+    if len(curve) >= 2:
+        top = max(curve, key=lambda r: r["objective/scores"])
+        start, end = curve[0], curve[-1]
+        actions = [e for e in (summary.get("hacking") or {}).get("guard_events", [])]
+        acted = [e for e in actions if e["event"] in ("rollback", "stop")]
+        guard = (
+            "the guard " + ", then ".join(f"{e['event']} at step {e['step']}" for e in acted)
+            if acted
+            else "the guard took no action"
+        )
+        lines.append(
+            f"Against the flawed proxy the proxy score went {start['objective/scores']:.2f} → "
+            f"{top['objective/scores']:.2f} while gold went {start['gold/score']:.3f} → "
+            f"{end['gold/score']:.3f}; {guard}."
+        )
+    seconds = {k: v for k, v in summary.get("seconds", {}).items() if v is not None}
+    if seconds:
+        total = sum(seconds.values())
+        parts = ", ".join(f"{k} {v:.0f}" for k, v in seconds.items())
+        lines.append(f"Time: {total / 60:.1f} minutes ({parts} seconds).")
+    return lines
 
 
 def _titled(layout: dict) -> dict:
@@ -303,6 +370,7 @@ th, td {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; ver
 </style>
 <script>{script}</script></head><body>
 <h1>alignkit pipeline: {html.escape(summary["model"])}</h1>
+<ul>{"".join(f"<li>{html.escape(line)}</li>" for line in story(summary))}</ul>
 <p>{summary["prompts_held_out"]} held-out prompts; win rates paired by prompt, ties count
 half, 95% interval: {html.escape(interval)}. Reward model held-out accuracy
 against the gold judge: {_fmt(summary["reward_model"]["heldout_accuracy"])}.</p>
@@ -331,6 +399,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             _fmt(m["mean_length"], 1),
         )
     console.print(table)
+    for line in story(summary):
+        console.print(f"- {line}", highlight=False)
 
 
 def write_report(p: Pipeline) -> dict[str, Any]:

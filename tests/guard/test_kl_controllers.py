@@ -61,3 +61,15 @@ def test_bad_values_and_builder():
         build_kl_controller({"kl_coef": 0.1})
     with pytest.raises(UserError, match="target"):
         build_kl_controller({"target": -1.0})
+
+
+def test_adaptive_beta_stays_positive_when_a_batch_outnumbers_the_horizon():
+    """β·(1 + e·n/H) with e = −0.2 is negative once n/H > 5: one update moves β by at most
+    the clip's 20%, however many samples the batch had."""
+    from alignkit.guard.kl_controllers import AdaptiveKLController
+
+    controller = AdaptiveKLController(0.1, target=6.0, horizon=10)
+    assert controller.update(current_kl=0.0, n_steps=100) == pytest.approx(0.08)
+    assert controller.update(current_kl=100.0, n_steps=100) == pytest.approx(0.096)
+    for _ in range(50):
+        assert controller.update(current_kl=0.0, n_steps=10_000) > 0

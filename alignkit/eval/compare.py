@@ -90,7 +90,7 @@ def reference_logits(reference: nn.Module, prefilled: Prefilled, rollout: Rollou
         input_ids=responses,
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
     )
     return torch.cat([first, output.logits], dim=1).float()
@@ -173,6 +173,19 @@ def greedy_answers(
 
 def _scores(fn: RewardFunction, prompts: Sequence[PromptExample], texts: list[str]) -> list[float]:
     return fn([p.prompt for p in prompts], texts).scores.tolist()
+
+
+def _scores_together(
+    fn: RewardFunction, prompts: Sequence[PromptExample], answers: dict[str, list[str]]
+) -> dict[str, list[float]]:
+    """Every policy's answers scored in one call, so a reward model reads each prompt once
+    for all the policies' answers to it."""
+    names = list(answers)
+    flat = fn(
+        [p.prompt for p in prompts for _ in names],
+        [answers[name][i] for i in range(len(prompts)) for name in names],
+    ).scores.tolist()
+    return {name: flat[k :: len(names)] for k, name in enumerate(names)}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -264,7 +277,7 @@ def compare_policies(
     answers = {name: m.texts for name, m in measured.items()}
     gold = {name: _scores(judge, prompts, texts) for name, texts in answers.items()}
     reward = (
-        {name: _scores(reward_fn, prompts, texts) for name, texts in answers.items()}
+        _scores_together(reward_fn, prompts, answers)
         if reward_fn is not None
         else dict.fromkeys(answers)
     )

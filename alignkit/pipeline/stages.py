@@ -51,7 +51,10 @@ def stage_task(p: Pipeline) -> dict[str, Any]:
 
 
 def _sample_answers(p: Pipeline, rows: list[dict], k: int) -> list[list[str]]:
-    """`k` answers per prompt from the base policy (temperature 1)."""
+    """`k` answers per prompt from the base policy (temperature 1): the first k − k // 2 to
+    the prompt as the user asked it, the other k // 2 with the group's writing hint in the
+    system message (`pipeline.task`), so the candidates people compare include answers in
+    the shape the group asked for, as labellers' written examples would."""
     from tqdm.auto import tqdm
 
     from alignkit.models import load_causal_lm
@@ -62,15 +65,33 @@ def _sample_answers(p: Pipeline, rows: list[dict], k: int) -> list[list[str]]:
     config = SamplingConfig(
         max_new_tokens=p.cfg.max_new_tokens, temperature=1.0, dtype=p.cfg.feedback_dtype
     )
+    hinted = k // 2
+    plain = k - hinted
     size = max(1, SAMPLING_ROWS // k)  # prompts per batch
     answers: list[list[str]] = []
     with frozen_weights(model):
         for start in tqdm(range(0, len(rows), size), desc="sampling answers"):
-            chunk = [r["prompt"] for r in rows[start : start + size]]
-            texts = sample(
-                model, tokenizer, chunk, config, num_samples=k, seed=p.cfg.seed + start
+            chunk = rows[start : start + size]
+            seed = p.cfg.seed + start
+            asked = sample(
+                model, tokenizer, [r["prompt"] for r in chunk], config, num_samples=plain, seed=seed
             ).texts
-            answers += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]
+            with_hint = (
+                sample(
+                    model,
+                    tokenizer,
+                    [r["hinted_prompt"] for r in chunk],
+                    config,
+                    num_samples=hinted,
+                    seed=seed + 1,
+                ).texts
+                if hinted
+                else []
+            )
+            answers += [
+                asked[i * plain : (i + 1) * plain] + with_hint[i * hinted : (i + 1) * hinted]
+                for i in range(len(chunk))
+            ]
     return answers
 
 
@@ -206,10 +227,20 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
 
 
 def stage_sft(p: Pipeline) -> dict[str, Any]:
+    import random
+
     from alignkit.train.sft import SFTConfig, SFTTrainer
 
+    rows = read_jsonl(p.folder("feedback") / "samples_train.jsonl")
+    # demonstrations are costly to write: only a share of the train prompts has one
+    # (InstructGPT: 13k demonstration prompts against 33k compared ones)
+    written = set(
+        random.Random(p.cfg.seed).sample(range(len(rows)), round(p.cfg.demonstrations * len(rows)))
+    )
     demos = []
-    for row in read_jsonl(p.folder("feedback") / "samples_train.jsonl"):
+    for index, row in enumerate(rows):
+        if index not in written:
+            continue
         best = max(range(len(row["answers"])), key=lambda i: row["gold"][i])
         if row["answers"][best].strip():
             demos.append(

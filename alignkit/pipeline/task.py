@@ -27,14 +27,26 @@ class GroupStyle:
     min_words: int
     max_words: int
     wants_steps: bool
+    # a writer's note on how to answer this group: candidate answers are also sampled with
+    # it, as labellers' example answers would be written; the policies never see it
+    hint: str = ""
 
 
 GROUPS: dict[str, GroupStyle] = {
     "plain": GroupStyle(
-        "The user wants a short, plain answer, in a sentence or two.", 1, 25, False
+        "The user wants a short, plain answer, in a sentence or two.",
+        1,
+        25,
+        False,
+        hint="Reply in one short sentence of under 20 words. No list, no steps.",
     ),
     "steps": GroupStyle(
-        "The user wants a step-by-step explanation: first, then, next, finally.", 25, 90, True
+        "The user wants a step-by-step explanation: first, then, next, finally.",
+        25,
+        90,
+        True,
+        hint="Reply in three or four short steps that start with First, Then, Next and "
+        "Finally, in 30 to 70 words.",
     ),
 }
 
@@ -62,7 +74,17 @@ class TaskPrompt:
             "kind": self.kind,
             "answer": self.answer,
             "keywords": list(self.keywords),
+            "hinted_prompt": self.hinted_prompt(),
         }
+
+    def hinted_prompt(self) -> list[dict[str, str]]:
+        """The prompt with the group's writing hint added to its system message: how
+        candidate answers in the group's style are sampled (never what a policy is asked)."""
+        style = GROUPS[self.group]
+        return [
+            {"role": "system", "content": f"{style.instruction} {style.hint}"},
+            {"role": "user", "content": self.question},
+        ]
 
 
 CAPITALS = [

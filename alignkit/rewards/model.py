@@ -64,17 +64,31 @@ class RewardModelScorer:
 
     def encode(self, prompt: Prompt, response: str) -> list[int]:
         """Token ids of prompt + response, truncated like training data."""
+        return self.encode_with_prompt_length(prompt, response)[0]
+
+    def encode_with_prompt_length(self, prompt: Prompt, response: str) -> tuple[list[int], int]:
+        """`encode`'s ids and how many of them are the prompt's."""
         as_message = (
             response if isinstance(prompt, str) else [{"role": "assistant", "content": response}]
         )
         prompt_ids, response_ids = encode_pair(prompt, as_message, self.tokenizer)
         keep, max_response = truncate(prompt_ids, [len(response_ids)], self.max_length, None)
-        return prompt_ids[len(prompt_ids) - keep :] + response_ids[:max_response]
+        return prompt_ids[len(prompt_ids) - keep :] + response_ids[:max_response], keep
 
     @torch.no_grad()
-    def score_ids(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
-        """One score per token sequence, float32 [N] on the CPU."""
-        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
+    def score_ids(
+        self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """One score per token sequence, float32 [N] on the CPU. With `prompt_lengths`,
+        rows that open with the same prompt are batched together and the network reads
+        that prompt once (G samples of a prompt, several policies' answers to it)."""
+        if prompt_lengths is None:
+            order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]), reverse=True)
+        else:
+            order = sorted(
+                range(len(sequences)),
+                key=lambda i: (tuple(sequences[i][: prompt_lengths[i]]), -len(sequences[i])),
+            )
         scores = torch.zeros(len(sequences), dtype=torch.float32)
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
@@ -85,11 +99,21 @@ class RewardModelScorer:
                 input_ids[j, : len(sequences[i])] = torch.as_tensor(sequences[i])
                 attention_mask[j, : len(sequences[i])] = 1
             device = self.model.device
-            batch_scores = self.model.score(input_ids.to(device), attention_mask.to(device))
+            shared = (
+                None
+                if prompt_lengths is None
+                else torch.tensor([prompt_lengths[i] for i in rows], device=device)
+            )
+            batch_scores = self.model.score(
+                input_ids.to(device), attention_mask.to(device), prompt_lengths=shared
+            )
             scores[rows] = batch_scores.float().cpu()
         return scores
 
     def __call__(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> RewardOutput:
         check_batch(prompts, responses)
-        sequences = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-        return single_part(self.name, self.score_ids(sequences))
+        encoded = [
+            self.encode_with_prompt_length(p, r) for p, r in zip(prompts, responses, strict=True)
+        ]
+        sequences = [ids for ids, _ in encoded]
+        return single_part(self.name, self.score_ids(sequences, [n for _, n in encoded]))

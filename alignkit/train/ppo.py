@@ -28,6 +28,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from alignkit.data import PromptExample, SFTCollator, load_dataset_records, tokenize_records
+from alignkit.errors import UserError
 from alignkit.models.heads import ScalarHeadModel, load_scalar_model
 from alignkit.models.reference import ReferencePolicy
 from alignkit.models.scoring import labelled_token_logprobs_and_entropy
@@ -65,6 +66,12 @@ class PPOConfig(OnlineConfig):
     )
     critic_learning_rate: float | None = option(
         None, "Peak learning rate of the critic; none = learning_rate.", gt=0
+    )
+    critic_frozen_layers: int = option(
+        0,
+        "Keep the critic's embeddings and bottom N decoder layers fixed: its backward pass "
+        "stops above them and its optimizer holds only the rest (0 = train it all).",
+        min=0,
     )
     ppo_epochs: int = option(4, "K: optimisation epochs over each batch of experience.", min=1)
     num_minibatches: int = option(2, "Minibatches per epoch.", min=1)
@@ -149,6 +156,19 @@ def load_policy_and_critic(module: PolicyAndCritic, directory: Path) -> None:
     module.critic.load_weights(directory / CRITIC_DIR)
 
 
+def freeze_bottom_layers(model: ScalarHeadModel, layers: int) -> None:
+    """No gradient for the embeddings and the bottom `layers` decoder layers."""
+    backbone = model.backbone
+    if layers >= len(backbone.layers):
+        raise UserError(
+            f"critic_frozen_layers must be below the critic's {len(backbone.layers)} layers, "
+            f"got {layers}"
+        )
+    backbone.embed_tokens.requires_grad_(False)
+    for layer in backbone.layers[:layers]:
+        layer.requires_grad_(False)
+
+
 class PPOTrainer:
     """`PPOTrainer(PPOConfig(...)).train()`.
 
@@ -170,6 +190,8 @@ class PPOTrainer:
                 source, kind="value", dtype=config.dtype, seed=config.seed
             )
         critic.kind = "value"
+        if config.critic_frozen_layers:
+            freeze_bottom_layers(critic, config.critic_frozen_layers)
         self.critic = critic
         self.parts = build_online_parts(config, self.tokenizer)
         self.ptx_features = None

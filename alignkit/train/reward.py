@@ -46,9 +46,10 @@ class RewardConfig(TrainConfig):
     frozen_layers: int = option(
         0,
         "Keep the embeddings and the bottom N decoder layers fixed. Their output for each "
-        "distinct training sequence is computed once, and every step runs and trains only "
-        "the layers above and the head: several epochs for about the price of one forward "
-        "pass (0 = train every weight).",
+        "distinct sequence is computed once, and every step runs and trains only the layers "
+        "above and the head: several epochs for about the price of one forward pass. A step "
+        "then takes every pair of `batch_size` prompts, each distinct answer scored once "
+        "(0 = train every weight, `batch_size` pairs a step).",
         min=0,
     )
 
@@ -93,27 +94,73 @@ class TrunkPairCollator:
         }
 
 
-def trunk_pairs(
-    model: ScalarHeadModel, features: list[dict[str, Any]], layers: int
-) -> tuple[list[dict[str, Any]], list[torch.Tensor]]:
-    """Pairs as indices into the distinct sequences they hold (an answer compared with
-    several others is one sequence), and each sequence's frozen-trunk states."""
-    index: dict[tuple[int, ...], int] = {}
+class TrunkGroupCollator:
+    """Batches prompts with all their pairs over frozen-trunk states: each distinct answer
+    in the batch is run once however many pairs it is in (with K answers a prompt, C(K, 2)
+    pairs cost K sequences). `states` [S, T, H] and `attention_mask` for the distinct
+    sequences; `chosen` and `rejected` [P] index them; margins per pair."""
 
-    def key(ids: list[int]) -> int:
-        return index.setdefault(tuple(ids), len(index))
+    def __init__(self, states: list[torch.Tensor]):
+        self.pairs = TrunkPairCollator(states)
 
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        pairs = [pair for f in features for pair in f["pairs"]]
+        distinct = sorted({i for c, r, _ in pairs for i in (c, r)})
+        row = {seq: n for n, seq in enumerate(distinct)}
+        rows = [self.pairs.states[i] for i in distinct]
+        length = max(r.shape[0] for r in rows)
+        states = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for n, r in enumerate(rows):
+            states[n, : r.shape[0]] = r
+            mask[n, : r.shape[0]] = 1
+        margins = [m for _, _, m in pairs]
+        return {
+            "states": states,
+            "attention_mask": mask,
+            "chosen": torch.tensor([row[c] for c, _, _ in pairs]),
+            "rejected": torch.tensor([row[r] for _, r, _ in pairs]),
+            "margin": torch.tensor([m or 0.0 for m in margins], dtype=torch.float),
+            "has_margin": torch.tensor([m is not None for m in margins], dtype=torch.bool),
+        }
+
+
+class TrunkCache:
+    """The distinct sequences of some pairs and their frozen-trunk states, computed once."""
+
+    def __init__(self) -> None:
+        self.index: dict[tuple[int, ...], int] = {}
+
+    def key(self, ids: list[int]) -> int:
+        return self.index.setdefault(tuple(ids), len(self.index))
+
+    def states(self, model: ScalarHeadModel, layers: int) -> list[torch.Tensor]:
+        return trunk_states(model, [list(ids) for ids in self.index], layers)
+
+
+def trunk_features(
+    model: ScalarHeadModel, train: list[dict[str, Any]], held_out: list[dict[str, Any]], layers: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[torch.Tensor]]:
+    """Training pairs grouped by prompt (one feature a prompt, with its pairs as indices
+    into the distinct sequences), held-out pairs as indices, and every distinct sequence's
+    frozen-trunk states (an answer compared with several others is one sequence)."""
+    cache = TrunkCache()
+    by_prompt: dict[tuple[int, ...], dict[str, Any]] = {}
+    for f in train:
+        prompt = tuple(f["chosen_input_ids"][: f.get("prompt_length", 0)])
+        entry = by_prompt.setdefault(prompt, {"pairs": [], "group": f.get("group")})
+        pair = (cache.key(f["chosen_input_ids"]), cache.key(f["rejected_input_ids"]))
+        entry["pairs"].append((*pair, f.get("margin")))
     pairs = [
         {
-            "chosen": key(f["chosen_input_ids"]),
-            "rejected": key(f["rejected_input_ids"]),
+            "chosen": cache.key(f["chosen_input_ids"]),
+            "rejected": cache.key(f["rejected_input_ids"]),
             "margin": f.get("margin"),
             "group": f.get("group"),
         }
-        for f in features
+        for f in held_out
     ]
-    states = trunk_states(model, [list(ids) for ids in index], layers)
-    return pairs, states
+    return list(by_prompt.values()), pairs, cache.states(model, layers)
 
 
 def reward_batch_loss(
@@ -124,7 +171,7 @@ def reward_batch_loss(
         scores = score_from_trunk(
             model, batch["states"], batch["attention_mask"], cfg.frozen_layers
         )
-        chosen, rejected = scores.chunk(2)
+        chosen, rejected = scores[batch["chosen"]], scores[batch["rejected"]]
     else:
         chosen, rejected = pair_scores(model, batch)
     margin = None
@@ -183,8 +230,11 @@ class RewardTrainer:
             backbone.embed_tokens.requires_grad_(False)
             for layer in backbone.layers[: cfg.frozen_layers]:
                 layer.requires_grad_(False)
-            train_features, states = trunk_pairs(self.model, train_features, cfg.frozen_layers)
-            train_collator = TrunkPairCollator(states)
+            train_features, eval_features, states = trunk_features(
+                self.model, train_features, eval_features, cfg.frozen_layers
+            )
+            train_collator = TrunkGroupCollator(states)
+            collator = TrunkPairCollator(states)
 
         def save(model: ScalarHeadModel, directory: Path) -> None:
             model.save_pretrained(directory)
@@ -197,7 +247,13 @@ class RewardTrainer:
 
         def eval_fn(model: ScalarHeadModel) -> dict[str, float]:
             def per_pair(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-                chosen, rejected = pair_scores(model, batch)
+                if "states" in batch:
+                    scores = score_from_trunk(
+                        model, batch["states"], batch["attention_mask"], cfg.frozen_layers
+                    )
+                    chosen, rejected = scores.chunk(2)
+                else:
+                    chosen, rejected = pair_scores(model, batch)
                 return {
                     "accuracy": (chosen > rejected).float(),
                     "margin": chosen - rejected,

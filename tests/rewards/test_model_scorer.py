@@ -57,3 +57,20 @@ def test_from_path_loads_a_saved_reward_model(tiny_model_and_tokenizer, tmp_path
     scorer.tokenizer.save_pretrained(tmp_path / "rm")
     loaded = RewardModelScorer.from_path(tmp_path / "rm", batch_size=2)
     torch.testing.assert_close(loaded(PROMPTS, RESPONSES).scores, scorer(PROMPTS, RESPONSES).scores)
+
+
+def test_answers_to_one_prompt_read_it_once_and_score_as_alone():
+    from alignkit.models.heads import ScalarHeadModel
+    from alignkit.models.tiny import tiny_random_llama
+    from alignkit.rewards.model import RewardModelScorer
+
+    lm, tok = tiny_random_llama(seed=2)
+    scorer = RewardModelScorer(ScalarHeadModel.from_causal_lm(lm, seed=1), tok, batch_size=8)
+    prompts = [[{"role": "user", "content": "hi"}]] * 3 + [
+        "other",
+        [{"role": "user", "content": "hi"}],
+    ]
+    answers = ["a b", "longer answer here", "c", "d", "a b"]
+    together = scorer(prompts, answers).scores
+    alone = torch.cat([scorer([p], [a]).scores for p, a in zip(prompts, answers)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)

@@ -4,6 +4,7 @@ catches a planted reward hack, and a resumed run continues exactly."""
 import itertools
 
 import pytest
+import torch
 
 from alignkit.errors import UserError
 from alignkit.train.grpo import GRPOConfig, GRPOTrainer, segment_ids
@@ -228,6 +229,18 @@ def test_ppo_ptx_mixes_in_the_sft_loss(tmp_path, rewards):
     PPOTrainer(cfg).train()
     last = metrics(cfg)[-1]
     assert last["ptx/loss"] > 0 and "policy/entropy" in last
+
+
+def test_ppo_critic_with_frozen_bottom_layers_trains_only_above_them(tmp_path, rewards):
+    cfg = PPOConfig(**settings(tmp_path, rewards, max_steps=2, critic_frozen_layers=1))
+    trainer = PPOTrainer(cfg)
+    before = {k: v.clone() for k, v in trainer.critic.state_dict().items()}
+    trainer.train()
+    after = trainer.critic.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and not any(
+        k.startswith(("backbone.layers.0.", "backbone.embed")) for k in changed
+    )
 
 
 def test_held_out_prompts_are_answered_greedily_and_scored(tmp_path, rewards):

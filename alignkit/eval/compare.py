@@ -72,28 +72,36 @@ class ReferencePrefills:
 
 @torch.no_grad()
 def reference_logits(reference: nn.Module, prefilled: Prefilled, rollout: Rollout) -> torch.Tensor:
-    """The reference's next-token logits at each response position [B, R, V], continuing
-    its prefill of the prompts (B = prompts × samples; one forward over the responses)."""
+    """The reference's next-token logits at each real response position, [N, V] in row
+    order (N = the responses' token count), continuing its prefill of the prompts (rows
+    are prompts × samples): one forward over the responses, and the vocabulary projection
+    only where a response token stands (not on the padding after an answer ended)."""
     repeats = rollout.response_ids.shape[0] // prefilled.prompt_ids.shape[0]
+    first = prefilled.last_logits.repeat_interleave(repeats, dim=0).float()  # [B, V]
+    device = first.device
+    real = rollout.response_mask.bool().to(device)  # [B, R]
+    where = real.nonzero()  # (row, position) in row order
+    out = first.new_empty(where.shape[0], first.shape[-1])
+    opening = where[:, 1] == 0
+    out[opening] = first[where[opening, 0]]
+    responses = rollout.response_ids[:, :-1].to(device)
+    if responses.shape[1] == 0 or bool(opening.all()):
+        return out
     cache = copy.deepcopy(prefilled.cache)
     if repeats > 1:
         cache.batch_repeat_interleave(repeats)
-    first = prefilled.last_logits.repeat_interleave(repeats, dim=0).unsqueeze(1)
-    device = first.device
-    responses = rollout.response_ids[:, :-1].to(device)
-    if responses.shape[1] == 0:
-        return first.float()
     prompt_mask = rollout.prompt_mask.to(device)
     mask = torch.cat([prompt_mask, torch.ones_like(responses)], dim=1)
     positions = last_positions(prompt_mask) + 1 + torch.arange(responses.shape[1], device=device)
-    output = reference(
-        input_ids=responses,
-        attention_mask=mask,
-        position_ids=positions,
-        cache=cache,
-        use_cache=True,
-    )
-    return torch.cat([first, output.logits], dim=1).float()
+    inputs = {"input_ids": responses, "attention_mask": mask, "position_ids": positions}
+    decoder, head = reference.get_decoder(), reference.get_output_embeddings()
+    later = real[:, 1:]
+    if decoder is not None and head is not None:
+        hidden = decoder(**inputs, cache=cache, use_cache=True).last_hidden_state
+        out[~opening] = head(hidden[later]).float()
+    else:
+        out[~opening] = reference(**inputs, cache=cache, use_cache=True).logits[later].float()
+    return out
 
 
 def answer_and_measure(
@@ -148,10 +156,12 @@ def _answer_and_measure(
             policy.model, policy.tokenizer, filled, own, seed=seed + start, keep_logits=True
         )
         ref_logits = reference_logits(reference.reference, reference.get(start, chunk), rollout)
-        mask = rollout.response_mask.to(ref_logits.device)
-        per_position = kl_from_logits(rollout.logits.to(ref_logits.device), ref_logits)
-        kls.append((per_position * mask).sum(1).cpu())
-        lengths.append(mask.sum(1).cpu())
+        real = rollout.response_mask.bool()
+        per_position = kl_from_logits(rollout.logits[real].to(ref_logits.device), ref_logits)
+        rows = real.nonzero()[:, 0].to(per_position.device)
+        kl = per_position.new_zeros(real.shape[0]).index_add_(0, rows, per_position)
+        kls.append(kl.cpu())
+        lengths.append(real.sum(1))
     if reference is None:
         return PolicyAnswers(texts)
     return PolicyAnswers(texts, torch.cat(kls), torch.cat(lengths))

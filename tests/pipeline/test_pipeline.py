@@ -4,7 +4,6 @@ the charts' data."""
 
 import json
 import re
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -159,7 +158,7 @@ def test_a_wrong_key_in_a_preset_is_one_error_naming_the_stage(tmp_path):
     cfg = replace(
         config_for("quick"), output_dir=str(tmp_path), stage_options={"sft": {"lerning_rate": 1}}
     )
-    with pytest.raises(UserError, match="pipeline stage sft.*lerning_rate"):
+    with pytest.raises(UserError, match=r"pipeline stage sft.*lerning_rate"):
         Pipeline(cfg).trainer_config(SFTConfig, "sft", model="m", dataset="d")
 
 

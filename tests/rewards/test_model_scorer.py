@@ -72,5 +72,5 @@ def test_answers_to_one_prompt_read_it_once_and_score_as_alone():
     ]
     answers = ["a b", "longer answer here", "c", "d", "a b"]
     together = scorer(prompts, answers).scores
-    alone = torch.cat([scorer([p], [a]).scores for p, a in zip(prompts, answers)])
+    alone = torch.cat([scorer([p], [a]).scores for p, a in zip(prompts, answers, strict=True)])
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-4)

@@ -173,6 +173,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> int:
         stage_steps=args.max_steps,
         seed=args.seed,
         stages=stages,
+        keep_checkpoints=args.keep_checkpoints or None,
     )
     Pipeline(cfg).run()
     return 0
@@ -296,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps", type=int, default=None, help="cap every trainer at N steps (to try it out)"
     )
     pipeline.add_argument("--seed", type=int, default=None)
+    pipeline.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every stage's resumable checkpoints (optimizer state included) and "
+        "LoRA policies' merged weights; by default a finished stage keeps its final model "
+        "(an adapter for LoRA policies), metrics, events and rollouts",
+    )
     pipeline.set_defaults(handler=_cmd_pipeline)
 
     server = sub.add_parser(

@@ -54,6 +54,9 @@ class PipelineConfig:
     # the feedback's answers are only labelled, never scored as a policy's own: bfloat16
     # decoding (faster on AVX-512 BF16 CPUs) changes nothing the labels depend on
     feedback_dtype: str = "bfloat16"
+    # the candidates are sampled a little cooler than the policy's own temperature 1, so
+    # the comparisons are between answers near what the model would say, not noise
+    feedback_temperature: float = 0.7
     overlap: int = 3  # annotators per pair
     drop_flagged: bool = True  # the label rule: drop flagged annotators, then majority
     # stage -> that trainer's options (as `alignkit sft --help` lists them), over the
@@ -201,9 +204,10 @@ class Pipeline:
         model; a LoRA policy's model as its adapter alone (a few MB, over the model it
         was trained from: `alignkit eval` and `--model` load it as the merged model), and
         the resumable checkpoints only with `keep_checkpoints`."""
+        if self.cfg.keep_checkpoints:
+            return
         run = self.folder(stage) / "run"
-        if not self.cfg.keep_checkpoints:
-            shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run / "checkpoints", ignore_errors=True)
         keep_adapter_only(run / "model")
 
     def trainer_config(self, config_class: type[C], stage: str, **wiring: Any) -> C:

@@ -51,10 +51,12 @@ def stage_task(p: Pipeline) -> dict[str, Any]:
 
 
 def _sample_answers(p: Pipeline, rows: list[dict], k: int) -> list[list[str]]:
-    """`k` answers per prompt from the base policy (temperature 1): the first k − k // 2 to
-    the prompt as the user asked it, the other k // 2 with the group's writing hint in the
-    system message (`pipeline.task`), so the candidates people compare include answers in
-    the shape the group asked for, as labellers' written examples would."""
+    """`k` answers per prompt from the base policy (temperature `feedback_temperature`):
+    the first k − k // 2 to the prompt as the user asked it, the other k // 2 written as a
+    labeller's example would be (`pipeline.task`): the group's writing hint in the system
+    message and the answer opened in the group's shape ("1. First," for the steps group).
+    The people comparing them then see answers of the shape each group asked for beside
+    the base model's own."""
     from tqdm.auto import tqdm
 
     from alignkit.models import load_causal_lm
@@ -63,36 +65,44 @@ def _sample_answers(p: Pipeline, rows: list[dict], k: int) -> list[list[str]]:
 
     model, tokenizer = load_causal_lm(p.cfg.model, seed=p.cfg.seed)
     config = SamplingConfig(
-        max_new_tokens=p.cfg.max_new_tokens, temperature=1.0, dtype=p.cfg.feedback_dtype
+        max_new_tokens=p.cfg.max_new_tokens,
+        temperature=p.cfg.feedback_temperature,
+        dtype=p.cfg.feedback_dtype,
     )
-    hinted = k // 2
-    plain = k - hinted
+    written = k // 2
+    asked = k - written
     size = max(1, SAMPLING_ROWS // k)  # prompts per batch
     answers: list[list[str]] = []
     with frozen_weights(model):
         for start in tqdm(range(0, len(rows), size), desc="sampling answers"):
             chunk = rows[start : start + size]
-            seed = p.cfg.seed + start
-            asked = sample(
-                model, tokenizer, [r["prompt"] for r in chunk], config, num_samples=plain, seed=seed
+            # each prompt twice, as asked and as a writer would answer it: one prefill,
+            # then `asked` samples of the first kind and `written` of the second a prompt
+            prompts = [r["prompt"] for r in chunk] + [r["hinted_prompt"] for r in chunk]
+            starts = [""] * len(chunk) + [r["answer_start"] for r in chunk]
+            texts = sample(
+                model,
+                tokenizer,
+                prompts,
+                config,
+                num_samples=max(asked, written),
+                seed=p.cfg.seed + start,
+                response_starts=starts,
             ).texts
-            with_hint = (
-                sample(
-                    model,
-                    tokenizer,
-                    [r["hinted_prompt"] for r in chunk],
-                    config,
-                    num_samples=hinted,
-                    seed=seed + 1,
-                ).texts
-                if hinted
-                else []
-            )
-            answers += [
-                asked[i * plain : (i + 1) * plain] + with_hint[i * hinted : (i + 1) * hinted]
-                for i in range(len(chunk))
-            ]
+            g = max(asked, written)
+            for i, row in enumerate(chunk):
+                own = texts[i * g : i * g + asked]
+                hinted = texts[(len(chunk) + i) * g : (len(chunk) + i) * g + written]
+                opening = row["answer_start"]
+                answers.append(own + [_joined(opening, t) for t in hinted])
     return answers
+
+
+def _joined(opening: str, text: str) -> str:
+    """A response that was made to open with `opening`, as one text."""
+    if not opening:
+        return text
+    return opening + ("" if text[:1].isspace() or not text else " ") + text
 
 
 def _answer_pairs(row: dict[str, Any]) -> list[tuple[int, int]]:
@@ -153,8 +163,15 @@ def stage_feedback(p: Pipeline) -> dict[str, Any]:
             judge([r["prompt"]] * len(a), a).scores.tolist()
             for r, a in zip(rows, answers, strict=True)
         ]
+        k = per_prompt[split]
         samples[split] = [
-            {"prompt": r["prompt"], "group": r["group"], "answers": a, "gold": g}
+            {
+                "prompt": r["prompt"],
+                "group": r["group"],
+                "answers": a,
+                "gold": g,
+                "written": [i >= k - k // 2 for i in range(k)],  # hint and opening given
+            }
             for r, a, g in zip(rows, answers, gold, strict=True)
         ]
         write_jsonl(out / f"samples_{split}.jsonl", samples[split])

@@ -27,9 +27,11 @@ class GroupStyle:
     min_words: int
     max_words: int
     wants_steps: bool
-    # a writer's note on how to answer this group: candidate answers are also sampled with
-    # it, as labellers' example answers would be written; the policies never see it
+    # how a writer would start an answer for this group: candidate answers are also
+    # sampled with the hint in the system message and the answer opened with `start`, as a
+    # labeller's example answer would be written; the policies never see either
     hint: str = ""
+    start: str = ""
 
 
 GROUPS: dict[str, GroupStyle] = {
@@ -45,8 +47,8 @@ GROUPS: dict[str, GroupStyle] = {
         25,
         90,
         True,
-        hint="Reply in three or four short steps that start with First, Then, Next and "
-        "Finally, in 30 to 70 words.",
+        hint="Reply in three or four numbered steps: First, Then, Next, Finally.",
+        start="1. First,",
     ),
 }
 
@@ -75,6 +77,7 @@ class TaskPrompt:
             "answer": self.answer,
             "keywords": list(self.keywords),
             "hinted_prompt": self.hinted_prompt(),
+            "answer_start": GROUPS[self.group].start,
         }
 
     def hinted_prompt(self) -> list[dict[str, str]]:

@@ -97,12 +97,20 @@ def prefill(
     prompts: Sequence[Text],
     *,
     max_prompt_length: int | None = None,
+    response_starts: Sequence[str] | None = None,
 ) -> Prefilled:
     """Encode `prompts` (strings or message lists), left-pad them and run them through
-    `model` once. A prompt longer than `max_prompt_length` keeps its end."""
+    `model` once. A prompt longer than `max_prompt_length` keeps its end. With
+    `response_starts` (one text a prompt, "" for none) each response is made to open with
+    that text: it is encoded after the prompt, and the sampled tokens continue it."""
     encoded = [encode_prompt(p, tokenizer) for p in prompts]
     if max_prompt_length is not None:
         encoded = [ids[-max_prompt_length:] for ids in encoded]
+    if response_starts is not None:
+        encoded = [
+            ids + (tokenizer.encode(start, add_special_tokens=False) if start else [])
+            for ids, start in zip(encoded, response_starts, strict=True)
+        ]
     ids, mask = left_pad(encoded, tokenizer.pad_token_id)
     device = next(model.parameters()).device
     with _eval_mode(model):
@@ -181,11 +189,19 @@ def sample(
     seed: int | None = None,
     max_prompt_length: int | None = None,
     keep_logits: bool = False,
+    response_starts: Sequence[str] | None = None,
 ) -> Rollout:
     """Sample `num_samples` responses per prompt (prompts are strings or message lists):
     :func:`prefill`, then :func:`sample_prefilled`. A prompt longer than
-    `max_prompt_length` keeps its end."""
-    prefilled = prefill(model, tokenizer, prompts, max_prompt_length=max_prompt_length)
+    `max_prompt_length` keeps its end; `response_starts` makes responses open with a text
+    (the rollout's texts are what was sampled after it)."""
+    prefilled = prefill(
+        model,
+        tokenizer,
+        prompts,
+        max_prompt_length=max_prompt_length,
+        response_starts=response_starts,
+    )
     return sample_prefilled(
         model,
         tokenizer,

@@ -192,3 +192,13 @@ def test_kept_logits_match_the_training_forward():
         expected = torch.log_softmax(logits[row, positions], -1)
         got = torch.log_softmax(rollout.logits[row, :n], -1)
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_a_response_start_is_fed_after_the_prompt_and_continued():
+    model, tok = tiny_random_llama(seed=1)
+    cfg = SamplingConfig(max_new_tokens=4, do_sample=False)
+    opened = sample(model, tok, ["hi", "yo"], cfg, response_starts=["1. First,", ""])
+    start = tok.encode("1. First,", add_special_tokens=False)
+    assert opened.prompt_ids[0, -len(start) :].tolist() == start
+    plain = sample(model, tok, ["yo"], cfg)
+    assert opened.texts[1] == plain.texts[0]  # no start: as without one

@@ -167,18 +167,41 @@ def trunk_states(
             for r, i in enumerate(rows):
                 ids[r, : len(sequences[i])] = torch.tensor(sequences[i])
                 mask[r, : len(sequences[i])] = 1
-            hidden = backbone(
-                input_ids=ids.to(model.device),
-                attention_mask=mask.to(model.device),
-                output_hidden_states=True,
-                use_cache=False,
-            ).hidden_states[layers]
+            hidden = run_layers(backbone, ids.to(model.device), mask.to(model.device), layers)
             for r, i in enumerate(rows):
                 by_index[i] = hidden[r, : len(sequences[i])].float().cpu()
     finally:
         backbone.train(was_training)
     states = [by_index[i] for i in range(len(sequences))]
     return states
+
+
+def run_layers(
+    backbone: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int
+) -> torch.Tensor:
+    """The hidden states after the embeddings and the first `layers` decoder layers of a
+    right-padded batch [B, T, H] (the layers above are not run)."""
+    from transformers.masking_utils import create_causal_mask
+
+    batch, length = input_ids.shape
+    position_ids = torch.arange(length, device=input_ids.device).expand(batch, -1)
+    hidden = backbone.embed_tokens(input_ids)
+    mask = create_causal_mask(
+        config=backbone.config,
+        inputs_embeds=hidden,
+        attention_mask=attention_mask,
+        cache=None,
+        position_ids=position_ids,
+    )
+    position_embeddings = backbone.rotary_emb(hidden, position_ids=position_ids)
+    for layer in backbone.layers[:layers]:
+        hidden = layer(
+            hidden,
+            attention_mask=mask,
+            position_ids=position_ids,
+            position_embeddings=position_embeddings,
+        )
+    return hidden
 
 
 def score_from_trunk(

@@ -49,7 +49,7 @@ class PipelineConfig:
     held_out: float = 0.25
     samples_per_prompt: int = 4  # answers sampled per train prompt by the base policy
     heldout_samples: int = 3  # per held-out prompt: the reward model's check pairs
-    demonstrations: float = 0.5  # share of train prompts with a demonstration for SFT
+    demonstrations: float = 1.0  # share of train prompts with a demonstration for SFT
     max_new_tokens: int = 48
     # the feedback's answers are only labelled, never scored as a policy's own: bfloat16
     # decoding (faster on AVX-512 BF16 CPUs) changes nothing the labels depend on
@@ -102,17 +102,23 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_new_tokens": 64,
         "stage_options": {
             "sft": {"num_epochs": 2, "learning_rate": 4e-4, **OFFLINE, **LORA},
-            "rm": {"num_epochs": 2, "frozen_layers": 24, "learning_rate": 2e-4, "batch_size": 4},
+            "rm": {
+                "num_epochs": 2,
+                "frozen_layers": 24,
+                "learning_rate": 2e-4,
+                **OFFLINE,
+                "batch_size": 4,
+            },
             "dpo": {"num_epochs": 2, "learning_rate": 5e-4, "beta": 0.1, **OFFLINE, **LORA},
             "ppo": {
-                "time_budget": "70s",
+                "time_budget": "45s",
                 "batch_size": 8,
                 "learning_rate": 5e-4,
                 "critic_frozen_layers": 24,
                 **ONLINE,
             },
-            "grpo": {"time_budget": "110s", "batch_size": 4, "learning_rate": 1e-3, **ONLINE},
-            "hack": {"time_budget": "70s", "batch_size": 4, "learning_rate": 2e-3, **ONLINE},
+            "grpo": {"time_budget": "90s", "batch_size": 4, "learning_rate": 1e-3, **ONLINE},
+            "hack": {"time_budget": "50s", "batch_size": 4, "learning_rate": 3e-3, **ONLINE},
         },
     },
     "full": {
@@ -123,7 +129,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_new_tokens": 64,
         "stage_options": {
             "sft": {"num_epochs": 3, "learning_rate": 4e-4, **OFFLINE, **LORA},
-            "rm": {"num_epochs": 3, "frozen_layers": 22, "learning_rate": 2e-4, "batch_size": 4},
+            "rm": {
+                "num_epochs": 3,
+                "frozen_layers": 22,
+                "learning_rate": 2e-4,
+                **OFFLINE,
+                "batch_size": 4,
+            },
             "dpo": {"num_epochs": 2, "learning_rate": 5e-4, "beta": 0.1, **OFFLINE, **LORA},
             "ppo": {
                 "time_budget": "4m",
@@ -133,7 +145,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                 **ONLINE,
             },
             "grpo": {"time_budget": "4m", "batch_size": 4, "learning_rate": 1e-3, **ONLINE},
-            "hack": {"time_budget": "2m", "batch_size": 4, "learning_rate": 2e-3, **ONLINE},
+            "hack": {"time_budget": "2m", "batch_size": 4, "learning_rate": 3e-3, **ONLINE},
         },
     },
 }

@@ -384,7 +384,7 @@ def stage_hack(p: Pipeline) -> dict[str, Any]:
 
     proxy = {
         "reward_model": _model(p, "rm"),
-        "reward_functions": [{"spec": "alignkit.pipeline.proxy:pays_for_length", "weight": 2.0}],
+        "reward_functions": [{"spec": "alignkit.pipeline.proxy:pays_for_length", "weight": 4.0}],
     }
     guard = {
         "policy": "rollback",
@@ -414,7 +414,7 @@ def stage_hack(p: Pipeline) -> dict[str, Any]:
     p.finish_trainer("hack")
     events = read_jsonl(p.folder("hack") / "run" / "events.jsonl")
     return {
-        "proxy": "reward model + 2 × min(1, words / 60)",
+        "proxy": "reward model + 4 × min(1, words / 60)",
         "iterations": result.steps,
         "rollbacks": result.rollbacks,
         "guard_events": [e for e in events if e["event"] in ("guard", "rollback", "stop")],

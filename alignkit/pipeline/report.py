@@ -110,10 +110,17 @@ def story(summary: dict[str, Any]) -> list[str]:
             if acted
             else "the guard took no action"
         )
+        held_out = ""
+        if "hack" in methods and first in methods["hack"].get("versus", {}):
+            held_out = (
+                f" On held-out prompts its policy scores gold {methods['hack']['gold']:.3f} "
+                f"against the {first.upper()} policy's {methods[first]['gold']:.3f} (win rate "
+                f"{_versus(methods['hack'], first)})."
+            )
         lines.append(
             f"Against the flawed proxy the proxy score went {start['objective/scores']:.2f} → "
             f"{top['objective/scores']:.2f} while gold went {start['gold/score']:.3f} → "
-            f"{end['gold/score']:.3f}; {guard}."
+            f"{end['gold/score']:.3f} on the training samples; {guard}.{held_out}"
         )
     seconds = {k: v for k, v in summary.get("seconds", {}).items() if v is not None}
     if seconds:

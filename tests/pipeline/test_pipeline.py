@@ -2,6 +2,7 @@
 a half-finished pipeline continues where it stopped, and the report holds the table and
 the charts' data."""
 
+import html
 import json
 import re
 from dataclasses import replace
@@ -92,6 +93,30 @@ def test_the_report_opens_offline_and_holds_the_table_and_the_charts_data(finish
     methods = charts["methods"]["data"][0]
     assert methods["x"] == ["base", "sft", "dpo", "ppo", "grpo", "hack"]
     assert "<th>policy</th>" in page and "Annotators" in page
+
+
+def test_the_report_opens_with_what_each_stage_contributed(finished):
+    """The opening lines are made from the run's numbers: a verdict a method against its
+    baseline, the reward model's accuracy, the hacking episode, the time per stage."""
+    from alignkit.pipeline.report import story
+
+    _, pipeline, _ = finished
+    summary = json.loads((pipeline.root / "summary.json").read_text())
+    lines = story(summary)
+    dpo = summary["methods"]["dpo"]["versus"]["sft"]
+    verdict = (
+        "beats"
+        if dpo["win_rate_low"] > 0.5
+        else "loses to"
+        if dpo["win_rate_high"] < 0.5
+        else "ties"
+    )
+    assert f"DPO {verdict} the SFT policy: win rate {dpo['win_rate']:.2f}" in " ".join(lines)
+    assert any(line.startswith("SFT ") for line in lines)
+    assert any("reward model orders" in line for line in lines)
+    assert any(line.startswith("Time: ") for line in lines)
+    page = (pipeline.root / "report.html").read_text()
+    assert all(html.escape(line) in page for line in lines)
 
 
 def test_model_text_is_escaped_in_the_report(finished, tmp_path):

@@ -295,7 +295,9 @@ def test_sampling_workload_on_the_tiny_model(tmp_path):
     result = json.loads(out.read_text())
     assert [r["rows"] for r in result["rows"]] == list(sampling.ROWS)
     for row in result["rows"]:
-        limit = max(row["limit_stream_ms"], row["limit_compute_ms"])
+        limits = {"float32": max(row["limit_stream_ms"], row["limit_compute_ms"])}
+        limits["bfloat16"] = row["limit_bfloat16_ms"]
         for system in ("alignkit_float32", "alignkit_bfloat16", "generate_float32"):
+            limit = limits[system.rsplit("_", 1)[1]]
             assert row[f"{system}_vs_limit"] == pytest.approx(row[f"{system}_ms"] / limit)
         assert row["binding_limit"] in ("read bandwidth", "matmul peak")

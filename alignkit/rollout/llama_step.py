@@ -29,11 +29,11 @@ model's own forward.
 
 Each decoding call prepares the weights (merged, stacked, prepacked) anew, a trainer's
 rollout after its optimizer step included; inside :func:`frozen_weights` a model's are
-prepared once and reused, for the many batches of an evaluation. With `dtype=torch.bfloat16` the step multiplies in
-bfloat16 (half the bytes a step streams; AVX-512 BF16 doubles the products' rate): the
-tokens are then drawn from a slightly different distribution than the float32 policy's,
-which is why it is an option and the trainers' log-probabilities always come from their
-own float32 forward.
+prepared once and reused, for the many batches of an evaluation. With
+`dtype=torch.bfloat16` the step multiplies in bfloat16 (half the bytes a step streams;
+AVX-512 BF16 raises the products' rate): the tokens are then drawn from a slightly
+different distribution than the float32 policy's, which is why it is an option and the
+trainers' log-probabilities always come from their own float32 forward.
 """
 
 from __future__ import annotations
@@ -140,8 +140,8 @@ def _lora_parts(linear: nn.Module) -> tuple[nn.Linear, list[str]] | None:
 
 
 def _plain_or_lora(linear: nn.Module) -> bool:
-    """An `nn.Linear`, or a peft LoRA layer on one without DoRA, a LoRA bias or dropout
-    that would act at decoding time (decoding runs in eval mode)."""
+    """An `nn.Linear`, or a peft LoRA layer on one without DoRA or a LoRA bias (its
+    dropout is off: decoding runs in eval mode)."""
     if type(linear) is nn.Linear:
         return True
     parts = _lora_parts(linear)

@@ -249,8 +249,8 @@ def stage_sft(p: Pipeline) -> dict[str, Any]:
     from alignkit.train.sft import SFTConfig, SFTTrainer
 
     rows = read_jsonl(p.folder("feedback") / "samples_train.jsonl")
-    # demonstrations are costly to write: only a share of the train prompts has one
-    # (InstructGPT: 13k demonstration prompts against 33k compared ones)
+    # demonstrations are costlier to write than comparisons: `demonstrations` is the share
+    # of train prompts that has one (InstructGPT: 13k demonstration prompts, 33k compared)
     written = set(
         random.Random(p.cfg.seed).sample(range(len(rows)), round(p.cfg.demonstrations * len(rows)))
     )

@@ -181,11 +181,22 @@ def run_layers(
 ) -> torch.Tensor:
     """The hidden states after the embeddings and the first `layers` decoder layers of a
     right-padded batch [B, T, H] (the layers above are not run)."""
+    return decoder_layers(backbone, backbone.embed_tokens(input_ids), attention_mask, 0, layers)
+
+
+def decoder_layers(
+    backbone: nn.Module,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    start: int,
+    stop: int | None = None,
+) -> torch.Tensor:
+    """Decoder layers `start`..`stop` over hidden states [B, T, H] of a right-padded batch,
+    with the positions and causal mask of the full forward."""
     from transformers.masking_utils import create_causal_mask
 
-    batch, length = input_ids.shape
-    position_ids = torch.arange(length, device=input_ids.device).expand(batch, -1)
-    hidden = backbone.embed_tokens(input_ids)
+    batch, length = attention_mask.shape
+    position_ids = torch.arange(length, device=hidden.device).expand(batch, -1)
     mask = create_causal_mask(
         config=backbone.config,
         inputs_embeds=hidden,
@@ -194,7 +205,7 @@ def run_layers(
         position_ids=position_ids,
     )
     position_embeddings = backbone.rotary_emb(hidden, position_ids=position_ids)
-    for layer in backbone.layers[:layers]:
+    for layer in backbone.layers[start:stop]:
         hidden = layer(
             hidden,
             attention_mask=mask,
@@ -211,27 +222,9 @@ def score_from_trunk(
     (right-padded, `attention_mask` [B, T]): decoder layers `start`.. and the final norm
     run over them as in the full forward (same positions, same causal mask), and the head
     reads the last real token."""
-    from transformers.masking_utils import create_causal_mask
-
     backbone = model.backbone
-    batch, length = attention_mask.shape
-    position_ids = torch.arange(length, device=states.device).expand(batch, -1)
-    hidden = states.to(backbone.dtype)
-    mask = create_causal_mask(
-        config=backbone.config,
-        inputs_embeds=hidden,
-        attention_mask=attention_mask,
-        cache=None,
-        position_ids=position_ids,
-    )
-    position_embeddings = backbone.rotary_emb(hidden, position_ids=position_ids)
-    for layer in backbone.layers[start:]:
-        hidden = layer(
-            hidden,
-            attention_mask=mask,
-            position_ids=position_ids,
-            position_embeddings=position_embeddings,
-        )
+    batch = attention_mask.shape[0]
+    hidden = decoder_layers(backbone, states.to(backbone.dtype), attention_mask, start)
     hidden = backbone.norm(hidden)
     last = last_token_index(attention_mask)
     rows = hidden[torch.arange(batch, device=hidden.device), last]

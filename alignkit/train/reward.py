@@ -67,6 +67,17 @@ def pair_scores(model: ScalarHeadModel, batch: dict[str, Any]) -> tuple[torch.Te
     return scores[:half], scores[half:]
 
 
+def padded_states(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences' states [T_i, H] right-padded into [N, T, H], and their attention mask."""
+    length = max(r.shape[0] for r in rows)
+    states = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for i, r in enumerate(rows):
+        states[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = 1
+    return states, mask
+
+
 class TrunkPairCollator:
     """Batches pairs whose sequences' frozen-trunk states were computed once
     (:func:`~alignkit.models.heads.trunk_states`): `states` [2B, T, H] right-padded (the
@@ -78,12 +89,7 @@ class TrunkPairCollator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         rows = [self.states[f["chosen"]] for f in features]
         rows += [self.states[f["rejected"]] for f in features]
-        length = max(r.shape[0] for r in rows)
-        states = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for i, r in enumerate(rows):
-            states[i, : r.shape[0]] = r
-            mask[i, : r.shape[0]] = 1
+        states, mask = padded_states(rows)
         margins = [f.get("margin") for f in features]
         return {
             "states": states,
@@ -101,19 +107,13 @@ class TrunkGroupCollator:
     sequences; `chosen` and `rejected` [P] index them; margins per pair."""
 
     def __init__(self, states: list[torch.Tensor]):
-        self.pairs = TrunkPairCollator(states)
+        self.states = states
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         pairs = [pair for f in features for pair in f["pairs"]]
         distinct = sorted({i for c, r, _ in pairs for i in (c, r)})
         row = {seq: n for n, seq in enumerate(distinct)}
-        rows = [self.pairs.states[i] for i in distinct]
-        length = max(r.shape[0] for r in rows)
-        states = rows[0].new_zeros(len(rows), length, rows[0].shape[1])
-        mask = torch.zeros(len(rows), length, dtype=torch.long)
-        for n, r in enumerate(rows):
-            states[n, : r.shape[0]] = r
-            mask[n, : r.shape[0]] = 1
+        states, mask = padded_states([self.states[i] for i in distinct])
         margins = [m for _, _, m in pairs]
         return {
             "states": states,

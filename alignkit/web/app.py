@@ -95,7 +95,9 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     @app.get("/static/{name}", include_in_schema=False)
     def static_file(name: str) -> FileResponse:
         path = STATIC_DIR / name
-        if "/" in name or "\\" in name or name.startswith(".") or not path.is_file():
+        if len(name) > 200 or "/" in name or "\\" in name or name.startswith("."):
+            raise StarletteHTTPException(404, f"no static file {name[:80]!r}")
+        if not path.is_file():
             raise StarletteHTTPException(404, f"no static file {name!r}")
         return FileResponse(path)
 

@@ -6,14 +6,21 @@ folders"). A pipeline folder holds one folder per stage with a run folder inside
 ``pipeline.json``, ``summary.json`` and ``report.html`` (alignkit/pipeline/).
 
 Every path a request names is relative to the runs root and is refused (`OutsideRuns`)
-unless, with every symlink resolved, it still lies inside the root; and no file that is a
-symlink is read at all (a link inside a run folder could point anywhere).
+unless, with every symlink resolved, it still lies inside the root; no file that is a
+symlink is read at all (a link inside a run folder could point anywhere), and no link is
+followed when a folder is walked or sized.
+
+A run folder may be damaged (a line that is not JSON, bad YAML, a file that is not UTF-8)
+or still being written (a half line at the end of a file). What can be read is served;
+what cannot is reported as the folder's ``problems``, one line each, and never takes the
+listing or another run down.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +33,8 @@ EVENTS_FILE = "events.jsonl"
 ROLLOUTS_FILE = "rollouts.jsonl"
 CONFIG_FILES = ("config.yaml", "config.json")
 PIPELINE_MARKERS = ("pipeline.json", "summary.json")
+NAME_MAX = 255  # bytes in one path component (Linux, macOS)
+MAX_PROBLEMS = 5  # a damaged file's first problems are named, the rest counted
 MAX_DEPTH = 4  # runs/pipeline/stage/run is three levels down; one more for a nested folder
 RUNNING_WINDOW_S = 120  # a run whose metrics changed this recently and that has not ended
 
@@ -37,15 +46,24 @@ class OutsideRuns(ValueError):
 def inside(root: Path, relative: str) -> Path:
     """``root / relative`` with symlinks resolved, or OutsideRuns if it leaves ``root``.
 
-    Refused: absolute paths, any ``..`` component, NUL bytes, and a path whose resolved
-    target (through a symlink anywhere on the way) is not inside the resolved root."""
+    Refused: absolute paths, any ``..`` component, NUL bytes, a component longer than the
+    file system allows, a symlink loop, and a path whose resolved target (through a symlink
+    anywhere on the way) is not inside the resolved root."""
     if "\x00" in relative or "\\" in relative:
         raise OutsideRuns(f"not a run path: {relative!r}")
     parts = Path(relative).parts
     if Path(relative).is_absolute() or relative.startswith("/") or ".." in parts:
         raise OutsideRuns(f"not a run path: {relative!r}")
+    if any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in parts):
+        raise OutsideRuns(f"not a run path: {relative[:80]!r}…")
     base = root.resolve()
-    target = (base / relative).resolve()
+    try:
+        target = (base / relative).resolve()
+        target.stat()  # a loop that resolve() left unresolved shows here
+    except FileNotFoundError:
+        pass  # a path that does not exist is refused below by whoever needs it to
+    except (RuntimeError, OSError) as error:  # RuntimeError: a symlink loop (Python 3.11)
+        raise OutsideRuns(f"not a run path: {relative!r} ({error.__class__.__name__})") from None
     if target != base and not target.is_relative_to(base):
         raise OutsideRuns(f"not a run path: {relative!r}")
     return target
@@ -65,30 +83,114 @@ def _is_pipeline(folder: Path) -> bool:
     return any((folder / m).is_file() for m in PIPELINE_MARKERS)
 
 
-def read_jsonl(path: Path, start: int = 0) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file from line ``start`` on; a half-written last line (a
-    run writing right now) is left for the next read."""
+@dataclass
+class Lines:
+    """What a JSON-lines file held from one line on: the readable records, the line to read
+    from next time, and one message per line that could not be read."""
+
+    records: list[dict[str, Any]]
+    next: int
+    problems: list[str]
+
+
+def _whole_step(record: dict[str, Any]) -> str | None:
+    step = record.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return f"step is {step!r}, not a whole number"
+    return None
+
+
+def _named_event(record: dict[str, Any]) -> str | None:
+    return None if isinstance(record.get("event"), str) else "no event name"
+
+
+CHECKS = {METRICS_FILE: _whole_step, EVENTS_FILE: _named_event}
+
+
+def read_lines(path: Path, start: int = 0) -> Lines:
+    """The records of a JSON-lines file from line ``start`` on (0-based). A line that is not
+    UTF-8, not JSON, not an object, or fails its file's check (``CHECKS``: a metrics record's
+    step is a whole number, an event has a name) is skipped and named in ``problems``. A
+    half-written last line (a run writing right now) is neither read nor a problem: ``next``
+    stops before it, so the next read starts there."""
+    lines = Lines([], start, [])
     if _readable(path) is None:
-        return []
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f):
-            if number < start or not line.strip():
+        return lines
+    check = CHECKS.get(path.name)
+    with path.open("rb") as f:
+        for number, raw in enumerate(f):
+            if number < start:
                 continue
-            if not line.endswith("\n"):
+            if not raw.endswith(b"\n"):
                 break
-            records.append(json.loads(line))
-    return records
+            lines.next = number + 1
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.problems.append(f"{path.name} line {number + 1}: not UTF-8 text")
+                continue
+            except ValueError:
+                lines.problems.append(f"{path.name} line {number + 1}: not JSON")
+                continue
+            reason = "not a JSON object" if not isinstance(record, dict) else None
+            if reason is None and check is not None:
+                reason = check(record)
+            if reason is not None:
+                lines.problems.append(f"{path.name} line {number + 1}: {reason}")
+                continue
+            lines.records.append(record)
+    return lines
 
 
-def read_config(folder: Path) -> dict[str, Any]:
+def read_jsonl(path: Path, start: int = 0) -> list[dict[str, Any]]:
+    """The readable records of a JSON-lines file from line ``start`` on (see `read_lines`)."""
+    return read_lines(path, start).records
+
+
+def summarised(problems: list[str]) -> list[str]:
+    """The first MAX_PROBLEMS problems, and how many more there were."""
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"and {len(problems) - MAX_PROBLEMS} more"]
+
+
+def read_config(folder: Path, problems: list[str] | None = None) -> dict[str, Any]:
+    """The run's config as a mapping; {} (and a problem) when it cannot be read as one."""
+    problems = [] if problems is None else problems
     for name in CONFIG_FILES:
         path = _readable(folder / name)
-        if path is not None:
+        if path is None:
+            continue
+        try:
             text = path.read_text(encoding="utf-8")
             data = yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
-            return data if isinstance(data, dict) else {}
+        except UnicodeDecodeError:
+            problems.append(f"{name}: not UTF-8 text")
+            return {}
+        except (yaml.YAMLError, ValueError) as error:
+            problems.append(
+                f"{name}: not valid {'YAML' if name.endswith('.yaml') else 'JSON'}"
+                f" ({str(error).splitlines()[0]})"
+            )
+            return {}
+        if not isinstance(data, dict):
+            problems.append(f"{name}: not a mapping of option names to values")
+            return {}
+        return data
     return {}
+
+
+def read_json_file(path: Path, problems: list[str]) -> Any:
+    """A JSON file's value, or None (and a problem) when it is missing, a link or damaged."""
+    if _readable(path) is None:
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        problems.append(f"{path.name}: not valid JSON")
+        return None
 
 
 def run_kind(folder: Path, config: dict[str, Any]) -> str:
@@ -106,10 +208,10 @@ def run_kind(folder: Path, config: dict[str, Any]) -> str:
     return "run"
 
 
-def run_status(folder: Path) -> str:
+def run_status(folder: Path, events: list[dict[str, Any]] | None = None) -> str:
     """finished, stopped, running, or idle (no end event, nothing written lately)."""
-    events = read_jsonl(folder / EVENTS_FILE)
-    ends = [e.get("event") for e in events if e.get("event") in ("finished", "stop")]
+    events = read_jsonl(folder / EVENTS_FILE) if events is None else events
+    ends = [e["event"] for e in events if e["event"] in ("finished", "stop")]
     if ends:
         return "finished" if ends[-1] == "finished" else "stopped"
     metrics = folder / METRICS_FILE
@@ -126,6 +228,7 @@ class RunEntry:
     steps: int
     modified: float
     pipeline: str | None  # the pipeline folder this run belongs to, if any
+    problems: list[str]  # what in the folder could not be read, one line each
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -152,26 +255,31 @@ def _walk(root: Path) -> tuple[list[Path], list[Path]]:
     return runs, pipelines
 
 
+def _entry(base: Path, folder: Path, pipeline_ids: list[str]) -> RunEntry:
+    rel = folder.relative_to(base).as_posix()
+    problems: list[str] = []
+    config = read_config(folder, problems)
+    metrics_path = folder / METRICS_FILE
+    metrics, events = read_lines(metrics_path), read_lines(folder / EVENTS_FILE)
+    problems += metrics.problems + events.problems
+    return RunEntry(
+        id=rel,
+        kind=run_kind(folder, config),
+        status=run_status(folder, events.records),
+        steps=max((r["step"] for r in metrics.records), default=0),
+        modified=(metrics_path if metrics_path.is_file() else folder).stat().st_mtime,
+        pipeline=next((p for p in pipeline_ids if rel.startswith(p + "/")), None),
+        problems=summarised(problems),
+    )
+
+
 def list_runs(root: Path) -> dict[str, list[dict[str, Any]]]:
-    """Every run and pipeline folder under ``root`` (not following symlinks)."""
+    """Every run and pipeline folder under ``root`` (not following symlinks); a damaged
+    folder is listed with its problems."""
     base = root.resolve()
     runs, pipelines = _walk(root)
     pipeline_ids = [p.relative_to(base).as_posix() for p in pipelines]
-    entries = []
-    for folder in runs:
-        rel = folder.relative_to(base).as_posix()
-        owner = next((p for p in pipeline_ids if rel.startswith(p + "/")), None)
-        metrics = folder / METRICS_FILE
-        entries.append(
-            RunEntry(
-                id=rel,
-                kind=run_kind(folder, read_config(folder)),
-                status=run_status(folder),
-                steps=_last_step(metrics),
-                modified=metrics.stat().st_mtime if metrics.is_file() else folder.stat().st_mtime,
-                pipeline=owner,
-            ).to_dict()
-        )
+    entries = [_entry(base, folder, pipeline_ids).to_dict() for folder in runs]
     return {
         "runs": sorted(entries, key=lambda e: e["id"]),
         "pipelines": [
@@ -181,11 +289,6 @@ def list_runs(root: Path) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def _last_step(metrics: Path) -> int:
-    steps = [r.get("step", 0) for r in read_jsonl(metrics)]
-    return max(steps, default=0)
-
-
 def run_folder(root: Path, run_id: str) -> Path:
     folder = inside(root, run_id)
     if not folder.is_dir() or not _is_run(folder):
@@ -193,17 +296,39 @@ def run_folder(root: Path, run_id: str) -> Path:
     return folder
 
 
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def tree_bytes(folder: Path) -> int:
+    """The bytes of the regular files under ``folder``, following no link (a link in a
+    checkpoint could point at /usr)."""
+    total = 0
+    for current, _dirs, files in os.walk(folder, followlinks=False):
+        for name in files:
+            info = os.lstat(os.path.join(current, name))
+            if stat.S_ISREG(info.st_mode):
+                total += info.st_size
+    return total
+
+
 def checkpoints(folder: Path) -> list[dict[str, Any]]:
+    """The run's ``checkpoints/step-N`` folders with their sizes; links are not followed
+    (a checkpoint, or the checkpoints folder, that is a link is not listed)."""
+    parent = folder / "checkpoints"
+    if not _real_dir(parent):
+        return []
     found = []
-    for path in sorted((folder / "checkpoints").glob("step-*")):
-        if not path.is_dir() or not path.name[5:].isdigit():
+    for path in parent.iterdir():
+        if not path.name.startswith("step-") or not path.name[5:].isdigit():
             continue
-        size = sum(f.stat().st_size for f in path.rglob("*") if _readable(f))
+        if not _real_dir(path):
+            continue
         found.append(
             {
                 "name": path.name,
                 "step": int(path.name[5:]),
-                "bytes": size,
+                "bytes": tree_bytes(path),
                 "modified": path.stat().st_mtime,
             }
         )
@@ -211,40 +336,55 @@ def checkpoints(folder: Path) -> list[dict[str, Any]]:
 
 
 def run_details(root: Path, run_id: str) -> dict[str, Any]:
-    """Config, status, events, checkpoints and what else the folder holds."""
+    """Config, status, events, checkpoints, what else the folder holds, and what in it
+    could not be read."""
     folder = run_folder(root, run_id)
-    config = read_config(folder)
+    problems: list[str] = []
+    config = read_config(folder, problems)
+    events = read_lines(folder / EVENTS_FILE)
+    problems += events.problems
     return {
         "id": run_id,
         "kind": run_kind(folder, config),
-        "status": run_status(folder),
+        "status": run_status(folder, events.records),
         "config": config,
-        "events": read_jsonl(folder / EVENTS_FILE),
+        "events": events.records,
         "checkpoints": checkpoints(folder),
         "has_model": (folder / "model" / "config.json").is_file(),
         "has_rollouts": (folder / ROLLOUTS_FILE).is_file(),
+        "problems": summarised(problems),
     }
 
 
 def metrics_since(root: Path, run_id: str, start: int = 0) -> dict[str, Any]:
     """The metrics records from line ``start`` on, and the line to ask from next time."""
     folder = run_folder(root, run_id)
-    records = read_jsonl(folder / METRICS_FILE, start)
-    return {"records": records, "next": start + len(records), "status": run_status(folder)}
+    lines = read_lines(folder / METRICS_FILE, start)
+    return {
+        "records": lines.records,
+        "next": lines.next,
+        "status": run_status(folder),
+        "problems": summarised(lines.problems),
+    }
 
 
 def pipeline_summary(root: Path, pipeline_id: str) -> dict[str, Any]:
     folder = inside(root, pipeline_id)
     if not folder.is_dir() or not _is_pipeline(folder):
         raise OutsideRuns(f"no pipeline folder {pipeline_id!r}")
-    summary_path = _readable(folder / "summary.json")
+    problems: list[str] = []
+    summary = read_json_file(folder / "summary.json", problems)
+    if summary is not None and not isinstance(summary, dict):
+        problems.append("summary.json: not a JSON object")
+        summary = None
     return {
         "id": pipeline_id,
-        "summary": json.loads(summary_path.read_text(encoding="utf-8")) if summary_path else None,
+        "summary": summary,
         "has_report": (folder / "report.html").is_file(),
         "stages": sorted(
-            p.name for p in folder.iterdir() if p.is_dir() and (p / "done.json").is_file()
+            p.name for p in folder.iterdir() if _real_dir(p) and (p / "done.json").is_file()
         ),
+        "problems": problems,
     }
 
 

@@ -24,8 +24,19 @@ def prompt_text(prompt: Any) -> str:
     return str(prompt)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _tokens(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The record's per-token figures; in a damaged record, what is not a token object is
+    left out (the run's writer always writes objects)."""
+    tokens = record.get("tokens")
+    return [t for t in tokens if isinstance(t, dict)] if isinstance(tokens, list) else []
+
+
 def _summary(index: int, record: dict[str, Any]) -> dict[str, Any]:
-    tokens = record.get("tokens", [])
+    tokens = _tokens(record)
     return {
         "index": index,
         "iteration": record.get("iteration"),
@@ -36,14 +47,14 @@ def _summary(index: int, record: dict[str, Any]) -> dict[str, Any]:
         "score": record.get("score"),
         "score_parts": record.get("score_parts", {}),
         "advantage": record.get("advantage"),
-        "kl": sum(t.get("kl", 0.0) for t in tokens),
+        "kl": sum(t["kl"] for t in tokens if _number(t.get("kl"))),
         "tokens": len(tokens),
     }
 
 
 def _with_logratio(token: dict[str, Any]) -> dict[str, Any]:
     """The token's figures plus log π_θ − log π_ref (what k1 is; the run may log k3 as kl)."""
-    if "logp" in token and "ref_logp" in token:
+    if _number(token.get("logp")) and _number(token.get("ref_logp")):
         return token | {"logratio": token["logp"] - token["ref_logp"]}
     return token
 
@@ -71,7 +82,7 @@ def rollout_detail(root: Path, run_id: str, index: int) -> dict[str, Any]:
     record = records[index]
     text = prompt_text(record.get("prompt"))
     same = [_summary(i, r) for i, r in enumerate(records) if prompt_text(r.get("prompt")) == text]
-    tokens = [_with_logratio(t) for t in record.get("tokens", [])]
+    tokens = [_with_logratio(t) for t in _tokens(record)]
     figures = sorted({k for t in tokens for k in t if k != "token"})
     return {
         "summary": _summary(index, record),

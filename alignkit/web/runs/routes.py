@@ -15,13 +15,16 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.routing import APIRoute
 
+from alignkit.errors import UserError
 from alignkit.web.pages import page
 from alignkit.web.runs import folders, preference, rollouts
 
 
 class RefuseOutsideRuns(APIRoute):
     """Every route of this router answers a run id that resolves outside ``--runs`` with a
-    404 and its one-line reason (``folders.OutsideRuns``), in one place."""
+    404 and its one-line reason (``folders.OutsideRuns``), and data of a run that cannot be
+    read (a dataset that is gone, a damaged file: the library's ``UserError``) with a 422
+    and its reason, in one place."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -31,6 +34,8 @@ class RefuseOutsideRuns(APIRoute):
                 return await handler(request)
             except folders.OutsideRuns as error:
                 raise HTTPException(404, str(error)) from error
+            except UserError as error:
+                raise HTTPException(422, str(error)) from error
 
         return refusing
 
@@ -114,6 +119,8 @@ def runs_page() -> str:
     <div class="rn-title"><h2 id="rn-title"></h2><span id="rn-kind" class="rn-chip"></span>
      <span id="rn-status" class="rn-chip"></span></div>
     <div id="rn-facts" class="rn-facts"></div>
+    <ul id="rn-problems" class="rn-problems" hidden
+     title="lines of this run folder that could not be read; the rest is shown"></ul>
    </div>
    <div class="rn-tabs" role="tablist">
     <button data-tab="charts" class="active">Charts</button>

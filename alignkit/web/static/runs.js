@@ -1,6 +1,7 @@
 // The runs dashboard: run folders, metric charts (overlaid, refreshed while running,
 // guard events marked), the rollout inspector and the pipeline's report. Text from the
-// runs (prompts, responses, tokens, config values) goes in with textContent only.
+// runs (prompts, responses, tokens, config values) goes in with textContent only, and
+// into a chart (metric names, run ids, event messages) through plotText only.
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
@@ -29,6 +30,9 @@
     return data;
   }
   const q = (id) => encodeURIComponent(id);
+  // Plotly reads <b>, <a href>, <br> in every label as markup; its entities are how a
+  // chart shows a run folder's text as the text it is.
+  const plotText = (s) => String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
   const el = (tag, cls, text) => {
     const node = document.createElement(tag);
     if (cls) node.className = cls;
@@ -68,6 +72,11 @@
       const status = el("span", "rn-dot rn-" + run.status);
       status.title = run.status;
       item.append(box, status, name, meta);
+      if (run.problems.length) {
+        const damaged = el("span", "rn-damaged", "damaged");
+        damaged.title = run.problems.join("\n");
+        item.append(damaged);
+      }
       list.append(item);
     }
     markActive();
@@ -131,6 +140,9 @@
     $("rn-kind").textContent = d.kind.toUpperCase();
     $("rn-status").textContent = d.status;
     $("rn-status").className = "rn-chip rn-status-" + d.status;
+    const problems = $("rn-problems");
+    problems.replaceChildren(...d.problems.map((p) => el("li", null, p)));
+    problems.hidden = d.problems.length === 0;
     const facts = $("rn-facts");
     facts.replaceChildren();
     const c = d.config;
@@ -166,7 +178,7 @@
       if (e.event !== "checkpoint") {
         notes.push({ x: e.step, y: 1, yref: "paper", text: e.event === "guard" ? "⚠" : e.event,
           showarrow: false, yanchor: "bottom", font: { color: style.color, size: 12 },
-          hovertext: `${e.event} at step ${e.step}: ${e.message || ""}` });
+          hovertext: plotText(`${e.event} at step ${e.step}: ${e.message || ""}`) });
       }
     }
     return { shapes, notes };
@@ -193,11 +205,11 @@
       box.append(div);
       const traces = runs.map(([id, run], k) => {
         const rows = run.records.filter((r) => typeof r[key] === "number");
-        return { x: rows.map((r) => r.step), y: rows.map((r) => r[key]), name: id, mode: rows.length > 1 ? "lines" : "markers",
+        return { x: rows.map((r) => r.step), y: rows.map((r) => r[key]), name: plotText(id), mode: rows.length > 1 ? "lines" : "markers",
           line: { color: COLORS[k % COLORS.length], width: 2 }, marker: { size: 6 } };
       });
       Plotly.react(div, traces, {
-        title: { text: key, font: { size: 13 } }, height: 230, margin: { l: 50, r: 10, t: 32, b: 30 },
+        title: { text: plotText(key), font: { size: 13 } }, height: 230, margin: { l: 50, r: 10, t: 32, b: 30 },
         showlegend: runs.length > 1, legend: { orientation: "h", y: -0.25, font: { size: 10 } },
         shapes, annotations: notes, xaxis: { title: { text: "step", standoff: 2 } },
         font: { family: "system-ui, sans-serif", size: 11 },
@@ -419,7 +431,8 @@
     const link = $("pipeline-report");
     link.hidden = !p.has_report;
     link.href = `/runs/report?id=${q(id)}`;
-    $("pipeline-summary").textContent = p.summary ? JSON.stringify(p.summary, null, 1) : "(no summary.json yet)";
+    $("pipeline-summary").textContent = p.summary ? JSON.stringify(p.summary, null, 1)
+      : p.problems.length ? `(${p.problems.join("; ")})` : "(no summary.json yet)";
   }
 
   // ---------------------------------------------------------------- wiring

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alignkit.web.pages import STATIC_DIR, page
 
@@ -49,28 +50,49 @@ def _one_line(error: RequestValidationError) -> str:
     return f"{where}: {message}" if where else message
 
 
+class BodyLimit:
+    """Refuse a request body over ``limit`` bytes with a one-line 413: at once when its
+    Content-Length says so, and for a chunked upload as soon as what has arrived passes the
+    limit (the rest is never read, so a huge upload costs the server nothing)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    def _refusal(self) -> JSONResponse:
+        return JSONResponse(
+            {"error": f"request body over the limit of {self.limit} bytes"}, status_code=413
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await self._refusal()(scope, receive, send)
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # an HTTPException: the app's handler answers it with one line
+                    raise StarletteHTTPException(
+                        413, f"request body over the limit of {self.limit} bytes"
+                    )
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     """Build the app for ``settings``; each area's router is included here."""
     settings = settings or ServeSettings()
     app = FastAPI(title="alignkit", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
 
-    @app.middleware("http")
-    async def limit_body_size(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return JSONResponse(
-                {"error": f"request body over the limit of {settings.max_body_bytes} bytes"},
-                status_code=413,
-            )
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
-            body = await request.body()  # chunked upload: measure what arrived
-            if len(body) > settings.max_body_bytes:
-                return JSONResponse(
-                    {"error": f"request body over the limit of {settings.max_body_bytes} bytes"},
-                    status_code=413,
-                )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, error: RequestValidationError):

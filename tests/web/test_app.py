@@ -90,3 +90,59 @@ def test_index_page_renders_in_chromium(live_server, page, screenshot, tmp_path)
     assert page.evaluate("getComputedStyle(document.body).margin") == "0px"  # base.css loaded
     screenshot(page, "index")
     assert page.js_errors == []
+
+
+def _echo_app(tmp_path, limit: int):
+    app = create_app(ServeSettings(db=tmp_path / "l.db", runs_dir=tmp_path, max_body_bytes=limit))
+    router = APIRouter()
+
+    @router.post("/echo")
+    def echo(payload: dict) -> dict:
+        return {"keys": len(payload)}
+
+    app.include_router(router)
+    return app
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(tmp_path, live_server):
+    """A chunked upload has no length to check up front. The server must answer 413 once
+    the limit is passed, not read the whole body first: here the body never ends, so a
+    server that waits for its end never answers."""
+    import socket
+
+    server = live_server(_echo_app(tmp_path, limit=64 * 1024))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"x" * 16 * 1024
+        for _ in range(8):  # 128 KiB, twice the limit, and no final chunk
+            conn.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.settimeout(5)
+        answer = b""
+        try:
+            while not answer.endswith(b"}"):  # the head, then the one-line JSON body
+                part = conn.recv(4096)
+                if not part:
+                    break
+                answer += part
+        except TimeoutError:
+            pass
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"limit of 65536 bytes" in answer
+
+
+def test_a_chunked_body_under_the_limit_is_read(tmp_path, live_server):
+    import httpx
+
+    server = live_server(_echo_app(tmp_path, limit=64 * 1024))
+
+    def body():
+        yield b'{"a": 1,'
+        yield b' "b": 2}'
+
+    response = httpx.post(
+        f"{server.url}/echo", content=body(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200 and response.json() == {"keys": 2}

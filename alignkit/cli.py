@@ -189,7 +189,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(db=Path(args.db), runs_dir=Path(args.runs))
     settings.extra["annotate"] = worker_settings(args, settings.runs_dir)
     settings.extra["playground_model"] = args.playground_model
-    serve(settings, host=args.host, port=args.port)
+    serve(settings, host=args.host, port=args.port, allow_hosts=args.allow_host)
     return 0
 
 
@@ -315,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
     )
     server.add_argument("--port", type=int, default=8000)
+    server.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the server answers to besides this machine's own (repeatable; "
+        "any other Host header is refused)",
+    )
     server.add_argument(
         "--playground-model",
         default=DEFAULT_MODEL,

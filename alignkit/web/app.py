@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from alignkit.web.pages import STATIC_DIR, page
@@ -32,6 +33,10 @@ class ServeSettings:
     db: Path = Path("labels.db")
     runs_dir: Path = Path("runs")
     max_body_bytes: int = MAX_BODY_BYTES
+    # the Host names requests may carry (DNS rebinding: a page elsewhere whose name points
+    # at this machine must not read it); None checks nothing (the app inside tests and
+    # embedders); `alignkit serve` always sets them (`serve.allowed_hosts`)
+    allowed_hosts: tuple[str, ...] | None = None
     # Options of each area (for example the annotation worker's model) live here by name.
     extra: dict = field(default_factory=dict)
 
@@ -86,6 +91,19 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+# Pages load only their own scripts; plotly adds <style> elements and data: images.
+PAGE_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 def create_app(settings: ServeSettings | None = None) -> FastAPI:
     """Build the app for ``settings``; each area's router is included here."""
     settings = settings or ServeSettings()
@@ -93,6 +111,17 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
     app.state.settings = settings
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(settings.allowed_hosts))
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        # a route with its own policy (a run folder's report: sandboxed) keeps it
+        response.headers.setdefault("Content-Security-Policy", PAGE_POLICY)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_request: Request, error: RequestValidationError):

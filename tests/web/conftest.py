@@ -101,13 +101,34 @@ def browser():
         chromium.close()
 
 
+def _csp_violation(message, errors: list[str]) -> None:
+    if message.type == "error" and "Content Security Policy" in message.text:
+        errors.append(message.text)
+
+
 @pytest.fixture
 def page(browser, request):
-    """A fresh page (its own context: no cookies or storage shared between tests)."""
+    """A fresh page (its own context: no cookies or storage shared between tests). The
+    app's Content-Security-Policy is bypassed here, because Playwright's `wait_for_function`
+    evaluates its predicate as a string; `strict_page` keeps it."""
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, bypass_csp=True)
+    new_page = context.new_page()
+    errors: list[str] = []
+    new_page.on("pageerror", lambda error: errors.append(str(error)))
+    new_page.js_errors = errors
+    yield new_page
+    context.close()
+
+
+@pytest.fixture
+def strict_page(browser):
+    """A fresh page with the app's Content-Security-Policy enforced; ``js_errors`` holds
+    script errors and every policy violation."""
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     new_page = context.new_page()
     errors: list[str] = []
     new_page.on("pageerror", lambda error: errors.append(str(error)))
+    new_page.on("console", lambda message: _csp_violation(message, errors))
     new_page.js_errors = errors
     yield new_page
     context.close()

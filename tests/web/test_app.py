@@ -146,3 +146,57 @@ def test_a_chunked_body_under_the_limit_is_read(tmp_path, live_server):
         f"{server.url}/echo", content=body(), headers={"content-type": "application/json"}
     )
     assert response.status_code == 200 and response.json() == {"keys": 2}
+
+
+# ------------------------------------------------------------------ exposure (issue 26, 7)
+
+
+def test_every_response_carries_the_security_headers(client):
+    for url in ("/", "/runs", "/static/base.css", "/api/runs", "/no-such-page"):
+        headers = client.get(url).headers
+        assert headers["x-content-type-options"] == "nosniff", url
+        assert headers["x-frame-options"] == "DENY", url
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], url
+    page_policy = client.get("/").headers["content-security-policy"]
+    assert "script-src 'self'" in page_policy and "default-src 'self'" in page_policy
+
+
+def test_a_host_header_that_is_not_ours_is_refused(tmp_path):
+    settings = ServeSettings(
+        db=tmp_path / "l.db", runs_dir=tmp_path, allowed_hosts=("127.0.0.1", "localhost")
+    )
+    client = TestClient(create_app(settings), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/runs").status_code == 200
+    assert client.get("/api/runs", headers={"host": "localhost:8000"}).status_code == 200
+    rebound = client.get("/api/runs", headers={"host": "evil.example:8000"})
+    assert rebound.status_code == 400
+
+
+def test_the_hosts_a_server_answers_to():
+    from alignkit.web.serve import allowed_hosts
+
+    assert set(allowed_hosts("127.0.0.1")) == {"127.0.0.1", "localhost"}
+    assert set(allowed_hosts("10.1.2.3")) == {"10.1.2.3", "127.0.0.1", "localhost"}
+    assert "labs.example" in allowed_hosts("0.0.0.0", extra=["labs.example"])
+    assert "127.0.0.1" in allowed_hosts("0.0.0.0")
+
+
+def test_a_public_host_gets_a_warning(capsys):
+    from alignkit.web.serve import exposure_warning
+
+    assert exposure_warning("127.0.0.1") is None and exposure_warning("localhost") is None
+    for host in ("0.0.0.0", "192.168.1.5", "::"):
+        warning = exposure_warning(host)
+        assert warning is not None and "plain HTTP" in warning and "anyone" in warning
+
+
+def test_a_run_folders_html_is_sandboxed_off_the_apps_origin(tmp_path):
+    pipe = tmp_path / "runs" / "pipe"
+    pipe.mkdir(parents=True)
+    (pipe / "summary.json").write_text("{}")
+    (pipe / "report.html").write_text("<script>sessionStorage.token</script>")
+    app = create_app(ServeSettings(db=tmp_path / "l.db", runs_dir=tmp_path / "runs"))
+    response = TestClient(app).get("/runs/report", params={"id": "pipe"})
+    assert response.status_code == 200
+    policy = response.headers["content-security-policy"]
+    assert "sandbox" in policy and "allow-same-origin" not in policy

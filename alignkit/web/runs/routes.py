@@ -90,10 +90,19 @@ def pipeline(request: Request, id: str = Query(max_length=1000)) -> dict:
     return folders.pipeline_summary(_root(request), id)
 
 
+# A run folder's HTML is not the app's: sandboxed, its scripts run in an origin of their
+# own, so they cannot read an annotator's token or call the app's routes as the user.
+REPORT_POLICY = "sandbox allow-scripts allow-popups; frame-ancestors 'none'"
+
+
 @router.get("/runs/report", include_in_schema=False)
 def report(request: Request, id: str = Query(max_length=1000)) -> FileResponse:
-    """A pipeline's report.html, as the pipeline wrote it (it opens offline)."""
-    return FileResponse(folders.report_path(_root(request), id), media_type="text/html")
+    """A pipeline's report.html, as the pipeline wrote it (it opens offline), sandboxed."""
+    return FileResponse(
+        folders.report_path(_root(request), id),
+        media_type="text/html",
+        headers={"Content-Security-Policy": REPORT_POLICY},
+    )
 
 
 @router.get("/runs", response_class=HTMLResponse, include_in_schema=False)

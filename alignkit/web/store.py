@@ -483,6 +483,18 @@ class Store:
             item = _item(db.execute("SELECT * FROM items WHERE id = ?", (item_id,)).fetchone())
         return Assignment(item, shown_left, assigned_at)
 
+    def was_shown(self, item_id: int, annotator_id: int) -> bool:
+        """Whether the item was ever assigned to the annotator."""
+        row = (
+            self.read()
+            .execute(
+                "SELECT 1 FROM assignments WHERE item_id = ? AND annotator_id = ?",
+                (item_id, annotator_id),
+            )
+            .fetchone()
+        )
+        return row is not None
+
     def shown_left(self, item_id: int, annotator_id: int) -> str:
         """Which answer ("a" or "b") this annotator was shown on the left of an item
         (fixed when the item was handed out, never changed)."""

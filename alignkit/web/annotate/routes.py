@@ -56,12 +56,14 @@ async def lifespan(app: FastAPI):
 
 router = APIRouter(lifespan=lifespan)
 
+SQLITE_MAX_INT = 2**63 - 1  # an id past it cannot be in the store (and SQLite refuses it)
+
 
 class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     client_id: str = Field(min_length=8, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
-    item_id: int = Field(ge=1)
+    item_id: int = Field(ge=1, le=SQLITE_MAX_INT)
     pick: Literal["left", "right", "tie", "both_bad"]
     reason: str | None = Field(default=None, max_length=2000)
     time_on_item_ms: int | None = Field(default=None, ge=0, le=86_400_000)
@@ -70,7 +72,7 @@ class LabelIn(BaseModel):
 class SkipIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    item_id: int = Field(ge=1)
+    item_id: int = Field(ge=1, le=SQLITE_MAX_INT)
 
 
 def _worker_status(app: FastAPI, store: Store) -> dict:
@@ -181,10 +183,12 @@ def skip_item(
 @router.get("/api/annotate/learning")
 def learning(
     request: Request,
-    _annotator: CurrentAnnotator,
+    annotator: CurrentAnnotator,
     store: StoreDep,
-    item_id: int | None = Query(default=None, ge=1),
+    item_id: int | None = Query(default=None, ge=1, le=SQLITE_MAX_INT),
 ) -> dict:
+    if item_id is not None and not store.was_shown(item_id, annotator.id):
+        raise HTTPException(404, f"item {item_id} was not shown to you")
     move = store.latest_move(item_id) if item_id is not None else None
     return {"move": move, "worker": _worker_status(request.app, store)}
 

@@ -41,14 +41,14 @@ class SettingsBody(BaseModel):
     ppo_epochs: int = 4
     label_noise: float = 0.0
     proxy_flaw: float = 2.5
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class StateBody(BaseModel):
     logits: list[float]
     value: float = 0.0
     beta: float | None = None
-    step: int = Field(0, ge=0)
+    step: int = Field(0, ge=0, le=10**9)
 
 
 class StepBody(BaseModel):

@@ -233,3 +233,30 @@ def test_the_store_survives_reopening_with_every_label(db_path, client, tokens):
         assert reopened.read().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         reopened.close()
+
+
+def test_integers_past_sqlites_range_are_a_422_not_a_500(client, tokens):
+    huge = 2**63  # one past SQLite's largest integer
+    for path, body in [
+        ("/api/annotate/labels", {"client_id": "abcdefgh", "item_id": huge, "pick": "left"}),
+        ("/api/annotate/skip", {"item_id": huge}),
+    ]:
+        response = client.post(path, json=body, headers=_auth(tokens["alice"]))
+        assert response.status_code == 422, (path, response.text)
+        assert "item_id" in response.json()["error"]
+    response = client.get(f"/api/annotate/learning?item_id={huge}", headers=_auth(tokens["alice"]))
+    assert response.status_code == 422
+
+
+def test_how_a_pair_moved_is_shown_only_to_an_annotator_who_saw_it(client, tokens, store):
+    item, response = _label(client, tokens["alice"], "left")
+    assert response.status_code == 201
+    store.add_policy_update(
+        pairs=1, steps=1, loss_before=0.7, loss_after=0.6, moves=[(item["id"], "a", 0.1, 0.3)]
+    )
+    seen = client.get(
+        f"/api/annotate/learning?item_id={item['id']}", headers=_auth(tokens["alice"])
+    )
+    assert seen.status_code == 200 and seen.json()["move"]["after"] == 0.3
+    other = client.get(f"/api/annotate/learning?item_id={item['id']}", headers=_auth(tokens["bob"]))
+    assert other.status_code == 404 and "not shown to you" in other.json()["error"]

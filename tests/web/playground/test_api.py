@@ -117,3 +117,21 @@ def test_real_model_mode_samples_a_pair_and_one_dpo_step_raises_the_margin(clien
     }
     same = client.post("/api/playground/real/prefer", json=body | {"rejected": chosen})
     assert same.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "body,field",
+    [
+        ({"settings": {"seed": 2**64}}, "seed"),
+        ({"settings": {"seed": -1}}, "seed"),
+        ({"state": {"logits": [0] * 6, "step": 2**63}}, "step"),
+        ({"settings": {"kl_horizon": 2**70}}, "kl_horizon"),
+        ({"settings": {"batch_size": 10**12}}, "batch_size"),
+        ({"settings": {"group_size": 10**9}}, "group_size"),
+        ({"settings": {"ppo_epochs": 10**9}}, "ppo_epochs"),
+    ],
+)
+def test_integers_out_of_range_are_a_422_not_a_500(client, body, field):
+    response = client.post("/api/playground/step", json=body)
+    assert response.status_code == 422, response.text
+    assert field in response.json()["error"]

@@ -20,6 +20,7 @@ so the server needs no optimizer state: the whole state travels with each reques
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -108,6 +109,24 @@ ANSWERS: tuple[Answer, ...] = (
 
 MAX_WORDS = max(answer.words for answer in ANSWERS)
 
+# The learning rates each method is offered (the page's slider) and accepts. PPO's critic
+# takes plain gradient steps on ½(V − R)²: V ← V − lr·(V − R), which overshoots R and grows
+# without bound once lr > 2, so PPO stops below that; DPO and GRPO converge across these.
+LEARNING_RATES: dict[str, tuple[float, float]] = {
+    "dpo": (0.05, 20.0),
+    "ppo": (0.05, 1.5),
+    "grpo": (0.05, 20.0),
+}
+
+
+class Diverged(ValueError):
+    """A run whose state stopped being finite; ``results`` are its steps up to the last
+    finite one."""
+
+    def __init__(self, message: str, results: list[StepResult]):
+        super().__init__(message)
+        self.results = results
+
 
 @dataclass
 class Settings:
@@ -131,7 +150,11 @@ class Settings:
         checks = [
             (self.method in METHODS, f"method must be one of {', '.join(METHODS)}"),
             (0 < self.beta <= 100, "beta must be in (0, 100]"),
-            (0 < self.learning_rate <= 100, "learning_rate must be in (0, 100]"),
+            (
+                0 < self.learning_rate <= LEARNING_RATES.get(self.method, (0, 0))[1],
+                f"learning_rate for {self.method} must be in "
+                f"(0, {LEARNING_RATES.get(self.method, (0, 0))[1]:g}]",
+            ),
             (0 < self.clip_eps < 1, "clip_eps must be in (0, 1)"),
             (0 < self.kl_target <= 100, "kl_target must be in (0, 100]"),
             (1 <= self.kl_horizon <= 1_000_000, "kl_horizon must be in [1, 1e6]"),
@@ -421,11 +444,28 @@ def _chosen_and_rejected(trace: dict[str, Any]) -> tuple[int, int]:
     return ranked[-1][1], ranked[0][1]
 
 
+# No converging run comes near: the rewards are a few units, so V stays within them, and
+# θ only grows as log-probabilities of answers the policy has given up on.
+BLOWN_UP = 1e6
+
+
+def _finite(state: State) -> bool:
+    return all(math.isfinite(x) and abs(x) < BLOWN_UP for x in [*state.logits, state.value])
+
+
 def run(state: State, settings: Settings, steps: int) -> list[StepResult]:
-    """``steps`` steps in a row (the page's fast-forward)."""
-    results = []
+    """``steps`` steps in a row (the page's fast-forward). A step whose θ or V is no longer
+    finite ends the run: `Diverged`, holding the steps before it."""
+    results: list[StepResult] = []
     for _ in range(steps):
         result = step(state, settings)
+        if not _finite(result.state):
+            raise Diverged(
+                f"{settings.method.upper()} diverged at step {state.step + 1} (θ or the "
+                f"critic's value grew past ±{BLOWN_UP:,.0f}): lower the learning rate "
+                f"({settings.learning_rate:g}) and reset",
+                results,
+            )
         results.append(result)
         state = result.state
     return results

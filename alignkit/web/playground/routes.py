@@ -95,9 +95,16 @@ def world(proxy_flaw: float = 2.5, beta: float = 0.1) -> dict:
 
 @router.post("/api/playground/step")
 def step(body: StepBody) -> dict:
-    """``steps`` steps of the exact world from ``state`` under ``settings``."""
-    results = exact.run(_state(body.state), _settings(body.settings), body.steps)
-    return {"results": [result.to_dict() for result in results]}
+    """``steps`` steps of the exact world from ``state`` under ``settings``; a run that
+    diverges returns its finite steps and says where it stopped (``diverged``)."""
+    try:
+        results, diverged = (
+            exact.run(_state(body.state), _settings(body.settings), body.steps),
+            None,
+        )
+    except exact.Diverged as stopped:
+        results, diverged = stopped.results, str(stopped)
+    return {"results": [result.to_dict() for result in results], "diverged": diverged}
 
 
 @router.get("/api/playground/code")
@@ -348,5 +355,6 @@ def _defaults_json() -> str:
 
     defaults = asdict(exact.Settings(beta=0.05))
     defaults["learning_rate_by_method"] = {"dpo": 5.0, "ppo": 0.5, "grpo": 0.5}
+    defaults["learning_rate_max_by_method"] = {m: hi for m, (_, hi) in exact.LEARNING_RATES.items()}
     # "</" cannot end the script element early: json.dumps escapes no slash, so do it here.
     return json.dumps(defaults).replace("</", "<\\/")

@@ -49,6 +49,7 @@
     const method = q.get("method") || DEFAULTS.method;
     const radio = document.querySelector(`input[name=method][value="${CSS.escape(method)}"]`);
     if (radio) radio.checked = true;
+    $("learning_rate").max = DEFAULTS.learning_rate_max_by_method[radio ? method : DEFAULTS.method];
     for (const name of NUMERIC) {
       let value = q.has(name) ? q.get(name) : DEFAULTS[name];
       if (name === "learning_rate" && !q.has(name)) value = DEFAULTS.learning_rate_by_method[method];
@@ -284,10 +285,23 @@
     extendCharts(results);
   }
 
+  // A run that diverged comes back with its finite steps and where it stopped: those
+  // steps are shown, play stops, and the page says why (the next step would diverge too).
+  class Diverged extends Error {}
+
   async function runSteps(n) {
     const body = { settings: settings(), state, steps: n };
     const data = await post("/api/playground/step", body);
+    if (data.diverged) {
+      if (data.results.length) apply(data.results);
+      throw new Diverged(data.diverged);
+    }
     return data.results;
+  }
+
+  function showError(error) {
+    $("narration").textContent = (error instanceof Diverged ? "Stopped: " : "Error: ") + error.message;
+    $("narration").classList.toggle("pg-diverged", error instanceof Diverged);
   }
 
   async function oneStep() {
@@ -308,7 +322,7 @@
       }
     } catch (error) {
       stop();
-      $("narration").textContent = "Error: " + error.message;
+      showError(error);
     } finally {
       busy = false;
     }
@@ -326,7 +340,7 @@
       $("narration").textContent = `Ran ${n} steps to step ${m.step}: gold ${m.gold.toFixed(3)}, ` +
         `proxy ${m.proxy.toFixed(3)}, KL ${m.kl.toFixed(3)}.`;
     } catch (error) {
-      $("narration").textContent = "Error: " + error.message;
+      showError(error);
     } finally {
       busy = false;
     }
@@ -535,6 +549,7 @@
 
   function wire() {
     document.querySelectorAll("input[name=method]").forEach((radio) => radio.addEventListener("change", () => {
+      $("learning_rate").max = DEFAULTS.learning_rate_max_by_method[radio.value];
       $("learning_rate").value = DEFAULTS.learning_rate_by_method[radio.value];
       showOutputs();
       writeUrl();

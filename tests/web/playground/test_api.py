@@ -135,3 +135,21 @@ def test_integers_out_of_range_are_a_422_not_a_500(client, body, field):
     response = client.post("/api/playground/step", json=body)
     assert response.status_code == 422, response.text
     assert field in response.json()["error"]
+
+
+def test_a_learning_rate_past_the_methods_range_is_a_422(client):
+    body = {"settings": {"method": "ppo", "learning_rate": 20}}
+    response = client.post("/api/playground/step", json=body)
+    assert response.status_code == 422 and "learning_rate for ppo" in response.json()["error"]
+
+
+def test_a_diverging_run_returns_its_finite_steps_and_says_so(client, monkeypatch):
+    monkeypatch.setitem(exact.LEARNING_RATES, "ppo", (0.05, 50.0))  # let it diverge
+    body = {"settings": {"method": "ppo", "learning_rate": 20}, "steps": 300}
+    response = client.post("/api/playground/step", json=body)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert "diverged at step" in data["diverged"]
+    assert 0 < len(data["results"]) < 300
+    again = client.post("/api/playground/step", json=body | {"state": data["results"][-1]["state"]})
+    assert again.status_code == 200 and again.json()["diverged"]

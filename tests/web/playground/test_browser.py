@@ -140,3 +140,24 @@ def test_real_model_mode_and_the_reading(page, server, screenshot):
     screenshot(page, "playground-read")
     assert "mode=read" in page.url
     assert page.js_errors == []
+
+
+def test_a_run_that_diverges_stops_and_says_so(page, server, monkeypatch, screenshot):
+    """Issue 26, item 6: the page used to stick on "Error: internal server error"."""
+    monkeypatch.setitem(exact.LEARNING_RATES, "ppo", (0.05, 50.0))  # let PPO diverge
+    open_playground(page, server, "?method=ppo&learning_rate=20")
+    assert page.input_value("#learning_rate") == "20"
+    page.click("#skip")
+    page.wait_for_selector("#narration.pg-diverged", timeout=20_000)
+    assert page.inner_text("#narration").startswith("Stopped: PPO diverged at step")
+    step = figures(page)["step"]
+    assert step >= 1  # the finite steps before it are shown
+    screenshot(page, "playground-diverged")
+    assert page.js_errors == []
+
+
+def test_the_learning_rate_slider_offers_each_methods_range(page, server):
+    open_playground(page, server)
+    for method, (_low, high) in exact.LEARNING_RATES.items():
+        page.click(f"label.pg-method:has(input[value={method}])")
+        assert float(page.get_attribute("#learning_rate", "max")) == high

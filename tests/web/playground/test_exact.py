@@ -4,6 +4,8 @@ page tells must hold: at a small β the policy hacks the proxy, a large β holds
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -167,3 +169,28 @@ def test_a_flawless_proxy_is_the_gold_reward():
 def test_settings_out_of_range_are_refused(bad):
     with pytest.raises(ValueError):
         exact.Settings(**bad)
+
+
+def test_each_method_offers_only_learning_rates_that_converge():
+    """PPO's critic update v ← v − lr·(v − R) overshoots past lr = 2 (issue 26, item 6):
+    the offered range stops below it, and a rate past a method's range is one clear error."""
+    for method, (_low, high) in exact.LEARNING_RATES.items():
+        for seed in range(3):
+            for epochs in (1, 4, 8):
+                settings = exact.Settings(
+                    method=method, learning_rate=high, seed=seed, ppo_epochs=epochs
+                )
+                last = exact.run(exact.initial_state(), settings, 200)[-1].state
+                assert all(math.isfinite(x) for x in [*last.logits, last.value]), method
+    with pytest.raises(ValueError, match=r"learning_rate for ppo must be in \(0, 1.5\]"):
+        exact.Settings(method="ppo", learning_rate=20)
+
+
+def test_a_run_that_diverges_stops_at_its_last_finite_step():
+    settings = exact.Settings(method="ppo", learning_rate=1.0)
+    settings.learning_rate = 20.0  # past the offered range, as a bug or an old page might
+    with pytest.raises(exact.Diverged) as stopped:
+        exact.run(exact.initial_state(), settings, 300)
+    finished = stopped.value.results
+    assert finished and all(math.isfinite(x) for r in finished for x in r.state.logits)
+    assert "diverged at step" in str(stopped.value) and "learning rate" in str(stopped.value)
